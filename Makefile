@@ -1,0 +1,40 @@
+# Two promises: `make demo` and `make test` each do all set-up on a fresh machine and are safe to re-run.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+DEMO_DIR ?= demo-out
+
+.PHONY: setup system-packages demo test lint clean
+
+setup: system-packages $(STAMP)
+
+# Debian packages for the real peers used in tests (Orthanc, DCMTK, dicom3tools). Only as root.
+system-packages:
+	@if ! command -v Orthanc >/dev/null || ! command -v dcmqrscp >/dev/null || ! command -v dciodvfy >/dev/null; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc dcmtk dicom3tools; \
+	  else echo "note: not root; install orthanc dcmtk dicom3tools with apt-get for the full test suite" >&2; fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first: 2.14.1 lies in the local cache; sam2 builds against it.
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -e '.[test]'
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation sam2==1.1.0
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/sam2ct demo --workdir $(DEMO_DIR)
+
+lint: setup
+	$(VENV)/bin/ruff check flows sam2ct dicom_io db tests bench
+
+test: setup lint
+	$(VENV)/bin/pytest -q -rs
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

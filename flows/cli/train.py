@@ -1,0 +1,17 @@
+"""`sam2ct train`: not built yet."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `train` sub-command (placeholder until its issue lands)."""
+    parser = sub.add_parser("train", help="(not available yet)")
+    parser.set_defaults(func=_not_yet)
+
+
+def _not_yet(args: argparse.Namespace) -> int:
+    from flows.cli import CommandError
+
+    raise CommandError("'train' is not available in this version")

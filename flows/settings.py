@@ -1,0 +1,41 @@
+"""One settings object, read once from ``SAM2CT_*`` variables and an optional ``sam2ct.toml``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+
+
+def default_data_dir() -> Path:
+    """The user's data folder for the catalog and staging (XDG on Linux)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "sam2ct"
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Load with ``Settings()``; pass the object on, never re-read it."""
+
+    model_config = SettingsConfigDict(env_prefix="SAM2CT_", toml_file="sam2ct.toml", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None  # default: SQLite file in data_dir
+    pacs: str | None = None  # "AET@host:port"
+    pacs_method: str = "move"  # move | get
+    ae_title: str = "SAM2CT"
+    store_port: int = 11113
+    allowed_callers: list[str] = Field(default_factory=list)
+    model: str = "auto"  # auto | classical | path to a SAM2CT checkpoint
+    device: str | None = None  # cuda | mps | cpu; None picks the best available
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):  # noqa: D102
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def catalog_url(self) -> str:
+        """SQLAlchemy URL of the catalog (SQLite in the data folder unless configured)."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'catalog.sqlite'}"

@@ -1,0 +1,59 @@
+"""Shared fixtures: real data paths, DICOM validation with dciodvfy, free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SAM2CT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared(relative: str) -> Path:
+    """A path under ../shared/data; skips the test with a clear reason when it is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"third-party test data not present: {path} (see ../shared/data/README.md)")
+    return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Run dicom3tools' dciodvfy on a file; return its 'Error' lines (empty = valid)."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    lines = (out.stdout + out.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def lung1_001() -> Path:
+    return shared("lung1/LUNG1-001")
+
+
+@pytest.fixture(scope="session")
+def lung1_002() -> Path:
+    return shared("lung1/LUNG1-002")
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two small synthetic studies made once per test session by `sam2ct synth`'s library call."""
+    from dicom_io.synth import make_studies
+
+    out = tmp_path_factory.mktemp("synth")
+    make_studies(out, studies=2, seed=7, size=192)
+    return out
