@@ -1,17 +1,39 @@
-"""`sam2ct synth`: not built yet."""
+"""`sam2ct synth OUT --studies N --seed S`: synthetic CT studies with GSPS and truth masks."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `synth` sub-command (placeholder until its issue lands)."""
-    parser = sub.add_parser("synth", help="(not available yet)")
-    parser.set_defaults(func=_not_yet)
+    """Add the ``synth`` sub-command."""
+    p = sub.add_parser("synth", help="write synthetic CT studies + GSPS + truth masks (NIfTI)")
+    p.add_argument("out", type=Path, help="output folder (gets <study>/ct, gsps, truth, manifest)")
+    p.add_argument("--studies", type=int, default=1, help="number of studies (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes")
+    p.add_argument("--size", type=int, default=512, help="rows = columns per slice (64..1024)")
+    p.add_argument("--slices", type=int, default=None,
+                   help="slices per series (default: 180-240 mm of coverage)")
+    p.add_argument("--start-date", type=dt.date.fromisoformat, default=dt.date(2026, 1, 5),
+                   help="StudyDate of the first study, YYYY-MM-DD; study i is i days later")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
+    p.set_defaults(func=run)
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    from flows.cli import CommandError
+def run(args: argparse.Namespace) -> int:
+    """Make the studies and say where the manifest is."""
+    from dicom_io.synth import make_studies
 
-    raise CommandError("'synth' is not available in this version")
+    manifest = make_studies(args.out, studies=args.studies, seed=args.seed, size=args.size,
+                            slices=args.slices, start_date=args.start_date)
+    data = json.loads(manifest.read_text())
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    lesions = sum(len(s["lesions"]) for s in data["studies"])
+    gsps = sum(len(s["gsps"]) for s in data["studies"])
+    print(f"{len(data['studies'])} studies, {lesions} lesions, {gsps} GSPS; manifest: {manifest}")
+    return 0
