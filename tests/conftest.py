@@ -57,3 +57,11 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     make_studies(out, studies=2, seed=7, size=192)
     return out
+
+
+@pytest.fixture(scope="session")
+def lung1_001_volume(lung1_001: Path):
+    """LUNG1-001 loaded once per test session (the loader takes seconds on this machine)."""
+    from dicom_io.volume import load_series
+
+    return load_series(lung1_001 / "ct")

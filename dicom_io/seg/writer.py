@@ -1,0 +1,256 @@
+"""Masks on a volume's grid -> one BINARY DICOM SEG instance (highdicom), written atomically.
+
+Example
+-------
+>>> path = write_seg(volume, [mask], [SegmentSpec.for_annotation(gsps_uid, 0, "line",
+...                  "line 23.4 mm")], AlgorithmSpec("classical", "1.0.0"), out_dir)  # doctest: +SKIP
+>>> path.name  # doctest: +SKIP
+'1.2.826.0.1.3680043.8.498.1234.dcm'
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from dicom_io.errors import DicomInputError
+from dicom_io.seg.content import AlgorithmSpec, SegmentSpec
+from dicom_io.volume import Volume
+
+_DISTRIBUTION = "sam2ct-harvest"
+_MANUFACTURER = "SAM2CT harvest"
+_MODEL_NAME = "sam2ct"
+_DEVICE_SERIAL = "none"
+# Distinct display colours (CIELab L*, a*, b*) cycled over segments: yellow, red, cyan, green, ...
+_COLOURS = (
+    (90.0, -5.0, 85.0),
+    (55.0, 75.0, 55.0),
+    (85.0, -45.0, -15.0),
+    (70.0, -65.0, 60.0),
+    (55.0, 80.0, -60.0),
+    (65.0, 35.0, 70.0),
+)
+# highdicom warns about single-component person names by quoting the name: patient data.
+_NAME_WARNING = ".*unlikely to represent the intended person name.*"
+
+
+def software_version() -> str:
+    """The installed version of this project, for SoftwareVersions."""
+    try:
+        return version(_DISTRIBUTION)
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def seg_uids(
+    anchor_uid: str, algorithm: AlgorithmSpec, segments: Sequence[SegmentSpec]
+) -> tuple[str, str]:
+    """Deterministic (SeriesInstanceUID, SOPInstanceUID) of the SEG for these inputs.
+
+    ``anchor_uid`` is the presentation state UID (one SEG per GSPS and series) or the source
+    series UID; re-running on the same input gives the same UIDs, so a re-run overwrites.
+    """
+    base = [
+        "sam2ct-seg",
+        anchor_uid,
+        algorithm.name,
+        algorithm.version,
+        algorithm.checkpoint_sha256 or "classical",
+        *(s.tracking_uid for s in segments),
+    ]
+    series = generate_uid(entropy_srcs=[*base, "series"])
+    instance = generate_uid(entropy_srcs=[*base, "instance"])
+    return str(series), str(instance)
+
+
+def write_seg(
+    volume: Volume,
+    masks: Sequence[np.ndarray],
+    segments: Sequence[SegmentSpec],
+    algorithm: AlgorithmSpec,
+    out_dir: Path,
+    series_number: int = 300,
+    content_label: str = "LESIONS",
+    presentation_state_uid: str | None = None,
+) -> Path:
+    """Write the masks as one BINARY DICOM SEG over ``volume``'s source images.
+
+    Parameters
+    ----------
+    volume
+        The CT volume the masks lie on; its slices' files supply the source image headers.
+    masks
+        One boolean array (slices, rows, columns) per segment, on the volume grid, none empty.
+    segments
+        One :class:`SegmentSpec` per mask, in segment-number order (1, 2, ...).
+    algorithm
+        The algorithm identification written into every segment.
+    out_dir
+        Folder for "<SOPInstanceUID>.dcm" (created if needed).
+    presentation_state_uid
+        The GSPS the prompts came from; it anchors the deterministic SEG UIDs.
+
+    Raises
+    ------
+    ValueError
+        Mismatched counts, a mask of the wrong shape, or an empty mask (naming the segment).
+    DicomInputError
+        A source image header cannot be read or lacks attributes a SEG copies.
+    """
+    _check_masks(volume, masks, segments)
+    sources, frame_index = _source_images(volume)
+    pixels = _pixel_array(volume, masks, frame_index)
+    series_uid, sop_uid = seg_uids(
+        presentation_state_uid or volume.series_instance_uid, algorithm, segments
+    )
+    identification = algorithm.identification()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NAME_WARNING, category=UserWarning)
+        try:
+            seg = _segmentation(sources, pixels, segments, identification, series_uid, sop_uid,
+                                series_number, content_label, algorithm)
+        except (AttributeError, KeyError) as e:
+            raise DicomInputError(
+                f"series {volume.series_instance_uid} - source image headers lack what a SEG "
+                f"needs: {e}"
+            ) from e
+    return _save(seg, Path(out_dir) / f"{sop_uid}.dcm")
+
+
+def _segmentation(
+    sources: list[Dataset],
+    pixels: np.ndarray,
+    segments: Sequence[SegmentSpec],
+    identification: hd.AlgorithmIdentificationSequence,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    content_label: str,
+    algorithm: AlgorithmSpec,
+) -> hd.seg.Segmentation:
+    """The highdicom Segmentation object; patient and study data are copied from the sources."""
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            _description(number, spec, identification)
+            for number, spec in enumerate(segments, start=1)
+        ],
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=_MANUFACTURER,
+        manufacturer_model_name=_MODEL_NAME,
+        software_versions=software_version(),
+        device_serial_number=_DEVICE_SERIAL,
+        content_label=content_label,
+        content_description=f"Lesions segmented by {algorithm.name} from GSPS annotations"[:64],
+    )
+    seg.SeriesDescription = f"SAM2CT lesions ({algorithm.name})"[:64]
+    return seg
+
+
+def _check_masks(
+    volume: Volume, masks: Sequence[np.ndarray], segments: Sequence[SegmentSpec]
+) -> None:
+    """Same number of masks and segments, each on the volume grid and not empty."""
+    if not masks:
+        raise ValueError("Invalid 'masks' - a SEG needs at least one segment")
+    if len(masks) != len(segments):
+        raise ValueError(
+            f"Invalid 'segments' - {len(segments)} descriptions for {len(masks)} masks"
+        )
+    for mask, spec in zip(masks, segments, strict=True):
+        if mask.shape != volume.array.shape:
+            raise ValueError(
+                f"Invalid mask of segment '{spec.label}' ({spec.tracking_id}) - shape "
+                f"{mask.shape}, the volume is {volume.array.shape}"
+            )
+        if not np.any(mask):
+            raise ValueError(
+                f"Invalid mask of segment '{spec.label}' ({spec.tracking_id}) - empty, "
+                "a SEG holds no empty segment"
+            )
+
+
+def _read_header(path: Path) -> Dataset:
+    """A source image without its pixel data, named in the error when unreadable."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError) as e:
+        raise DicomInputError(f"source image {path} - cannot read its header: {e}") from e
+
+
+def _source_images(volume: Volume) -> tuple[list[Dataset], list[int]]:
+    """Source headers and, per volume slice, the frame index in highdicom's pixel array.
+
+    Single-frame sources: one header per slice, in volume order. A multi-frame source: its one
+    header, and each slice's (FrameNumber - 1), since highdicom lays frames out in source order.
+    """
+    paths = [s.path for s in volume.slices]
+    multi = [s.frame_number is not None for s in volume.slices]
+    if not any(multi):
+        return [_read_header(p) for p in paths], list(range(len(paths)))
+    if not all(multi) or len(set(paths)) != 1:
+        raise ValueError(
+            f"Invalid volume of series {volume.series_instance_uid} - a SEG over several "
+            "multi-frame images, or mixed single- and multi-frame images, is not supported"
+        )
+    return [_read_header(paths[0])], [s.frame_number - 1 for s in volume.slices]
+
+
+def _pixel_array(
+    volume: Volume, masks: Sequence[np.ndarray], frame_index: list[int]
+) -> np.ndarray:
+    """(frames, rows, columns, segments) uint8 array in the source images' frame order."""
+    frames = max(frame_index) + 1
+    _, rows, cols = volume.array.shape
+    out = np.zeros((frames, rows, cols, len(masks)), dtype=np.uint8)
+    for k, mask in enumerate(masks):
+        out[frame_index, :, :, k] = mask.astype(bool)
+    return out
+
+
+def _description(
+    number: int, spec: SegmentSpec, identification: hd.AlgorithmIdentificationSequence
+) -> hd.seg.SegmentDescription:
+    """A lesion segment: SCT morphologically abnormal structure / lesion, automatic, tracked."""
+    item = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=spec.label,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=identification,
+        tracking_uid=spec.tracking_uid,
+        tracking_id=spec.tracking_id,
+        display_color=hd.color.CIELabColor(*_COLOURS[(number - 1) % len(_COLOURS)]),
+    )
+    if spec.description:
+        item.SegmentDescription = spec.description[:64]
+    return item
+
+
+def _save(seg: hd.seg.Segmentation, path: Path) -> Path:
+    """Write to a temporary name in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        seg.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,346 @@
+"""Masks -> DICOM SEG over real LUNG1-001: dciodvfy, highdicom and dcmqi read-back, determinism,
+a multi-frame source, dcmqi's own SEG, and PNG previews."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from conftest import dciodvfy_errors, shared
+from PIL import Image
+
+from dicom_io.errors import DicomInputError
+from dicom_io.seg import (
+    AlgorithmFamily,
+    AlgorithmSpec,
+    CtWindow,
+    SegmentSpec,
+    choose_window,
+    read_seg_masks,
+    render_preview,
+    tracking_id_for,
+    tracking_uid_for,
+    write_seg,
+)
+from dicom_io.truth import read_truth
+from dicom_io.volume import Volume, load_series
+
+REPO = Path(__file__).resolve().parents[1]
+GSPS_UID = "1.2.826.0.1.3680043.8.498.1111"
+NOTE = "fallback: no SAM2CT checkpoint configured"
+CLASSICAL = AlgorithmSpec("classical", "1.0.0", note=NOTE)
+SHA = "ab" * 32
+LONG_UID = "1.2.826.0.1.3680043.8.498." + "1234567890" * 3 + "12345678"  # 64 characters
+
+
+def _dcmqi(tool: str) -> str:
+    """Path of a dcmqi command-line tool from the virtualenv (or PATH)."""
+    exe = REPO / ".venv" / "bin" / tool
+    found = str(exe) if exe.exists() else shutil.which(tool)
+    if found is None:
+        pytest.skip(f"dcmqi tool {tool} is not installed")
+    return found
+
+
+def _sphere(volume: Volume, centre_index: tuple[float, float, float], radius_mm: float) -> np.ndarray:
+    """A ball of ``radius_mm`` around a (slice, row, column) index, on the volume grid."""
+    axes = np.ogrid[tuple(slice(0, n) for n in volume.array.shape)]
+    distance2 = sum(((a - c) * s) ** 2 for a, c, s in zip(axes, centre_index, volume.spacing,
+                                                           strict=True))
+    return distance2 <= radius_mm**2
+
+
+@pytest.fixture(scope="module")
+def lung_volume(lung1_001: Path) -> Volume:
+    return load_series(lung1_001 / "ct")
+
+
+@pytest.fixture(scope="module")
+def gtv(lung1_001: Path, lung_volume: Volume) -> np.ndarray:
+    return read_truth(lung1_001 / "rtstruct.dcm", lung_volume, "GTV-1")
+
+
+@pytest.fixture(scope="module")
+def sphere(lung_volume: Volume) -> np.ndarray:
+    """A 12 mm-radius lesion-sized ball away from the GTV."""
+    return _sphere(lung_volume, (60, 250, 150), 12.0)
+
+
+@pytest.fixture(scope="module")
+def specs() -> list[SegmentSpec]:
+    return [
+        SegmentSpec.for_annotation(GSPS_UID, 0, "line", "line 98.3 mm"),
+        SegmentSpec.for_annotation(GSPS_UID, 3, "arrow", "arrow"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def seg_path(tmp_path_factory, lung_volume, gtv, sphere, specs) -> Path:
+    """One SEG with two segments (the GTV and a ball) over LUNG1-001."""
+    out = tmp_path_factory.mktemp("seg")
+    return write_seg(lung_volume, [gtv, sphere], specs, CLASSICAL, out,
+                     presentation_state_uid=GSPS_UID)
+
+
+def test_seg_passes_dciodvfy(seg_path: Path) -> None:
+    assert dciodvfy_errors(seg_path) == []
+
+
+def test_seg_reads_back_voxel_for_voxel_with_highdicom(seg_path, lung_volume, gtv, sphere):
+    masks = read_seg_masks(seg_path, lung_volume)
+    assert sorted(masks) == [1, 2]
+    assert masks[1].dtype == bool and masks[1].shape == lung_volume.array.shape
+    assert np.array_equal(masks[1], gtv)
+    assert np.array_equal(masks[2], sphere)
+
+
+def _nifti_on_grid(path: Path, volume: Volume) -> np.ndarray:
+    """A dcmqi NIfTI (only the frames that exist) pasted into the volume grid through LPS."""
+    image = sitk.ReadImage(str(path))
+    labels = sitk.GetArrayFromImage(image)  # (z, y, x)
+    zyx = np.argwhere(labels > 0)
+    origin = np.array(image.GetOrigin())
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    lps = (zyx[:, ::-1] * np.array(image.GetSpacing())) @ direction.T + origin
+    index = volume.lps_to_index(lps)  # (column, row, slice)
+    assert np.allclose(index, np.round(index), atol=0.05), "dcmqi grid is off the volume's grid"
+    col, row, slc = np.round(index).astype(int).T
+    out = np.zeros(volume.array.shape, dtype=np.int32)
+    out[slc, row, col] = labels[tuple(zyx.T)]
+    return out
+
+
+def test_seg_reads_back_voxel_for_voxel_with_dcmqi(seg_path, lung_volume, gtv, sphere, specs,
+                                                   tmp_path):
+    run = subprocess.run(
+        [_dcmqi("segimage2itkimage"), "--inputDICOM", str(seg_path), "--outputDirectory",
+         str(tmp_path), "--outputType", "nii"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    expected = {specs[0].label: gtv, specs[1].label: sphere}
+    seen = set()
+    for group, attributes in enumerate(meta["segmentAttributes"], start=1):
+        labels = _nifti_on_grid(tmp_path / f"{group}.nii.gz", lung_volume)
+        for item in attributes:
+            mask = labels == item["labelID"]
+            assert np.array_equal(mask, expected[item["SegmentLabel"]]), item["SegmentLabel"]
+            seen.add(item["SegmentLabel"])
+    assert seen == set(expected)
+
+
+def test_seg_content_labels_tracking_algorithm_and_sources(seg_path, lung_volume, specs):
+    ds = pydicom.dcmread(seg_path)
+    assert seg_path.name == f"{ds.SOPInstanceUID}.dcm"
+    assert ds.SegmentationType == "BINARY" and ds.ContentLabel == "LESIONS"
+    assert ds.Modality == "SEG" and ds.SeriesNumber == 300
+    for item, spec in zip(ds.SegmentSequence, specs, strict=True):
+        assert item.SegmentLabel == spec.label
+        assert item.TrackingID == spec.tracking_id
+        assert item.TrackingUID == spec.tracking_uid
+        assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+        assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"
+        assert item.SegmentAlgorithmType == "AUTOMATIC"
+        algo = item.SegmentationAlgorithmIdentificationSequence[0]
+        assert algo.AlgorithmName == "classical"
+        assert "classical" in algo.AlgorithmVersion
+        assert NOTE in algo.AlgorithmParameters
+    assert specs[0].tracking_id == f"{GSPS_UID}#0"
+    # Source images: the CT series, every frame referencing the slice at its position.
+    source = pydicom.dcmread(lung_volume.slices[0].path, stop_before_pixels=True)
+    assert ds.PatientID == source.PatientID and ds.StudyInstanceUID == source.StudyInstanceUID
+    assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == lung_volume.series_instance_uid
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        ref = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = np.array(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        k = int(round(lung_volume.lps_to_index(position)[0, 2]))
+        assert lung_volume.slices[k].sop_instance_uid == ref
+
+
+def test_rerun_writes_the_same_uids(seg_path, lung_volume, gtv, sphere, specs, tmp_path):
+    again = write_seg(lung_volume, [gtv, sphere], specs, CLASSICAL, tmp_path,
+                      presentation_state_uid=GSPS_UID)
+    assert again.name == seg_path.name
+    first, second = pydicom.dcmread(seg_path), pydicom.dcmread(again)
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID
+    other = write_seg(lung_volume, [sphere], specs[1:], AlgorithmSpec("SAM2CT", "0.1", SHA),
+                      tmp_path, presentation_state_uid=GSPS_UID)
+    assert other.name != seg_path.name
+    assert pydicom.dcmread(other).SeriesInstanceUID != first.SeriesInstanceUID
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([again.name, other.name])
+
+
+def test_checkpoint_hash_and_ai_family_in_algorithm(lung_volume, sphere, specs, tmp_path):
+    path = write_seg(lung_volume, [sphere], specs[:1], AlgorithmSpec("SAM2CT", "0.1", SHA),
+                     tmp_path)
+    algo = pydicom.dcmread(path).SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algo.AlgorithmName == "SAM2CT" and SHA[:16] in algo.AlgorithmVersion
+    assert SHA in algo.AlgorithmParameters
+    assert algo.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"  # Artificial Intelligence
+
+
+def test_empty_mask_is_rejected_naming_the_segment(lung_volume, sphere, specs, tmp_path):
+    empty = np.zeros(lung_volume.array.shape, dtype=bool)
+    with pytest.raises(ValueError, match="'arrow'.*empty"):
+        write_seg(lung_volume, [sphere, empty], specs, CLASSICAL, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mask_on_another_grid_and_count_mismatch_are_rejected(lung_volume, sphere, specs,
+                                                             tmp_path):
+    with pytest.raises(ValueError, match="shape"):
+        write_seg(lung_volume, [sphere[1:]], specs[:1], CLASSICAL, tmp_path)
+    with pytest.raises(ValueError, match="2 descriptions for 1 masks"):
+        write_seg(lung_volume, [sphere], specs, CLASSICAL, tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:.*unlikely to represent the intended person name")
+def test_multiframe_source(lung1_001, lung_volume, gtv, specs, tmp_path):
+    """A Legacy Converted Enhanced CT made by highdicom from 12 real slices, frames shuffled."""
+    centre = int(np.argmax(gtv.sum(axis=(1, 2))))
+    picked = list(range(centre - 6, centre + 6))
+    order = picked[::2] + picked[1::2]  # frames stored out of z order
+    datasets = [pydicom.dcmread(lung_volume.slices[k].path) for k in order]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        datasets, series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    (tmp_path / "ct").mkdir()
+    enhanced.save_as(tmp_path / "ct" / "enhanced.dcm")
+    volume = load_series(tmp_path / "ct")
+    assert volume.slices[0].frame_number is not None and volume.array.shape[0] == 12
+    mask = gtv[picked]
+    spec = SegmentSpec.for_annotation(LONG_UID, 12, "line", "line 98.3 mm")
+    path = write_seg(volume, [mask], [spec], CLASSICAL, tmp_path / "seg")
+    assert dciodvfy_errors(path) == []
+    assert np.array_equal(read_seg_masks(path, volume)[1], mask)
+    ds = pydicom.dcmread(path)
+    assert ds.SegmentSequence[0].TrackingID == spec.tracking_id
+    assert ds.NumberOfFrames == int(mask.any(axis=(1, 2)).sum())  # empty frames omitted
+
+
+def test_reads_dcmqi_written_seg():
+    """dcmqi's own SEG (no 'spatial locations preserved') is placed by geometry."""
+    volume = load_series(shared("seg/dcmqi/ct-3slice"))
+    path = shared("seg/dcmqi/liver.dcm")
+    masks = read_seg_masks(path, volume)
+    assert list(masks) == [1]
+    seg = hd.seg.segread(path)
+    by_source = seg.get_pixels_by_source_instance(
+        [s.sop_instance_uid for s in volume.slices], ignore_spatial_locations=True
+    )[..., 0] > 0
+    assert masks[1].sum() > 100_000
+    assert np.array_equal(masks[1], by_source)
+
+
+def test_reading_a_seg_of_another_frame_of_reference_fails(seg_path):
+    volume = load_series(shared("seg/dcmqi/ct-3slice"))
+    with pytest.raises(DicomInputError, match="frame of reference"):
+        read_seg_masks(seg_path, volume)
+
+
+def test_reading_a_non_seg_fails(lung_volume):
+    with pytest.raises(DicomInputError, match="not a readable DICOM SEG"):
+        read_seg_masks(lung_volume.slices[0].path, lung_volume)
+
+
+def _colour_pixels(path: Path, rgb: tuple[int, int, int]) -> int:
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int(np.sum(np.all(np.abs(pixels - rgb) < 40, axis=-1)))
+
+
+@pytest.mark.parametrize("kind", ["arrow", "line", "bidirectional", "polygon", "circle"])
+def test_preview_png(lung_volume, gtv, kind, tmp_path):
+    k = int(np.argmax(gtv.sum(axis=(1, 2))))
+    rows, cols = np.nonzero(gtv[k])
+    r = float(rows.mean())
+    points = {
+        "arrow": [[cols.min(), r], [cols.min() - 25, r - 25]],
+        "line": [[cols.min(), r], [cols.max(), r]],
+        "bidirectional": [[cols.min(), r], [cols.max(), r], [cols.mean(), rows.min()],
+                          [cols.mean(), rows.max()]],
+        "polygon": [[cols.min(), r], [cols.mean(), rows.min()], [cols.max(), r]],
+        "circle": [[cols.mean(), r], [cols.max(), r]],
+    }[kind]
+    out = render_preview(lung_volume, gtv, np.array(points), k, kind,
+                         tmp_path / "p" / f"{kind}.png")
+    assert out.exists() and [p.name for p in out.parent.iterdir()] == [f"{kind}.png"]
+    assert Image.open(out).format == "PNG"
+    assert _colour_pixels(out, (255, 212, 0)) > 50  # mask outline
+    assert _colour_pixels(out, (0, 229, 255)) > 20  # the prompt
+
+
+def test_window_choice(lung_volume, gtv):
+    assert choose_window(np.full((10, 10), -850.0)) is CtWindow.LUNG
+    assert choose_window(np.full((10, 10), 40.0)) is CtWindow.SOFT_TISSUE
+    with pytest.raises(ValueError, match="slice_index"):
+        render_preview(lung_volume, gtv, np.zeros((1, 2)), 999, "point", Path("x.png"))
+    with pytest.raises(ValueError, match="mask"):
+        render_preview(lung_volume, gtv[1:], np.zeros((1, 2)), 0, "point", Path("x.png"))
+
+
+def test_specs_validate_and_track_deterministically():
+    spec = SegmentSpec.for_annotation("1.2.3", 4, "line", "line 10.0 mm")
+    assert spec.tracking_id == "1.2.3#4"
+    assert len(LONG_UID) == 64
+    long_id = tracking_id_for(LONG_UID, 12)
+    assert len(long_id) == 64 and long_id.endswith(LONG_UID[-40:] + "#12")
+    assert spec.tracking_uid == tracking_uid_for("1.2.3", 4) != tracking_uid_for("1.2.3", 5)
+    with pytest.raises(ValueError, match="label"):
+        SegmentSpec("", "line", "a#1", "1.2.3")
+    with pytest.raises(ValueError, match="tracking_id and tracking_uid"):
+        SegmentSpec("x", "line", "", "1.2.3")
+    with pytest.raises(ValueError, match="checkpoint_sha256"):
+        AlgorithmSpec("SAM2CT", "0.1", "not-a-hash")
+    assert AlgorithmSpec("classical", "1").family is AlgorithmFamily.NEIGHBORHOOD_ANALYSIS
+    assert AlgorithmSpec("SAM2CT", "1", SHA).family is AlgorithmFamily.ARTIFICIAL_INTELLIGENCE
+
+
+def test_preview_of_a_mask_missing_from_the_prompt_slice(lung_volume, sphere, tmp_path):
+    """The crop falls back to the mask's projection; the prompt is still drawn."""
+    out = render_preview(lung_volume, sphere, np.array([[150.0, 250.0]]), 5, "point",
+                         tmp_path / "point.png")
+    assert Image.open(out).size == (400, 430)
+    assert _colour_pixels(out, (0, 229, 255)) > 5
+
+
+@pytest.mark.slow
+def test_seg_over_a_synthetic_study(synth_dir, tmp_path):
+    """The demo's path: our own synthetic CT and its truth NIfTI -> a valid SEG."""
+    from dicom_io.nifti import read_nifti
+
+    study = sorted(p for p in synth_dir.iterdir() if p.is_dir())[0]
+    volume = load_series(study / "ct")
+    truth = sorted((study / "truth").glob("*.nii.gz"))
+    masks = [read_nifti(p)[0] > 0 for p in truth[:2]]
+    specs = [SegmentSpec.for_annotation(GSPS_UID, i, "line", p.name.split(".")[0])
+             for i, p in enumerate(truth[:2])]
+    path = write_seg(volume, masks, specs, CLASSICAL, tmp_path)
+    assert dciodvfy_errors(path) == []
+    back = read_seg_masks(path, volume)
+    assert all(np.array_equal(back[i + 1], m) for i, m in enumerate(masks))
+
+
+def test_source_header_lacking_study_uid_is_a_clear_error(lung_volume, tmp_path):
+    for src in lung_volume.slices[60:63]:
+        shutil.copy(src.path, tmp_path / src.path.name)
+    volume = load_series(tmp_path)
+    for path in tmp_path.glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        del ds.StudyInstanceUID
+        ds.save_as(path)
+    mask = np.zeros(volume.array.shape, dtype=bool)
+    mask[1, 200:210, 200:210] = True
+    spec = SegmentSpec.for_annotation(GSPS_UID, 0, "line", "line 9.8 mm")
+    with pytest.raises(DicomInputError, match="source image headers lack"):
+        write_seg(volume, [mask], [spec], CLASSICAL, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
