@@ -1,17 +1,134 @@
-"""`sam2ct catalog`: not built yet."""
+"""`sam2ct catalog query|stats`: researchers' queries over the catalog."""
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+from flows.cli.db import add_catalog_argument, catalog_url
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """The query filters shared by ``catalog query``, ``catalog stats`` and ``export``."""
+    g = parser.add_argument_group("filters")
+    g.add_argument("--kind", help="annotation kind: line, arrow, bidirectional, ellipse, ...")
+    g.add_argument("--min-volume", type=float, metavar="ML", help="smallest volume in mL")
+    g.add_argument("--max-volume", type=float, metavar="ML", help="largest volume in mL")
+    g.add_argument("--since", type=date.fromisoformat, metavar="DATE", help="study date from")
+    g.add_argument("--until", type=date.fromisoformat, metavar="DATE", help="study date until")
+    g.add_argument("--model", metavar="NAME", help="model name")
+    g.add_argument("--status", choices=("ok", "failed", "needs-review"), help="status")
+    g.add_argument("--body-part", metavar="P", help="BodyPartExamined, e.g. CHEST")
+    g.add_argument("--study", metavar="UID", help="one StudyInstanceUID")
+    add_catalog_argument(parser)
+
+
+def filter_from_args(args: argparse.Namespace):
+    """A db.queries.CatalogFilter from parsed filter arguments."""
+    from db.queries import CatalogFilter
+
+    return CatalogFilter(kind=args.kind, min_volume_ml=args.min_volume,
+                         max_volume_ml=args.max_volume, since=args.since, until=args.until,
+                         model=args.model, status=args.status, body_part=args.body_part,
+                         study_instance_uid=args.study)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `catalog` sub-command (placeholder until its issue lands)."""
-    parser = sub.add_parser("catalog", help="(not available yet)")
-    parser.set_defaults(func=_not_yet)
+    """Add the ``catalog`` sub-command with ``query`` and ``stats``."""
+    parser = sub.add_parser("catalog", help="query the segmentation catalog")
+    actions = parser.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    query = actions.add_parser("query", help="segmentations matching the filters")
+    add_filter_arguments(query)
+    query.add_argument("--limit", type=int, help="at most this many rows")
+    _add_output_arguments(query)
+    query.set_defaults(func=run_query)
+    st = actions.add_parser("stats", help="counts and volumes by kind, model and status")
+    add_filter_arguments(st)
+    _add_output_arguments(st)
+    st.set_defaults(func=run_stats)
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    from flows.cli import CommandError
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    parser.add_argument("--out", type=Path, help="write to this file instead of stdout")
 
-    raise CommandError("'catalog' is not available in this version")
+
+def run_query(args: argparse.Namespace) -> int:
+    """Print the matching segmentations in the chosen format."""
+    from db import open_catalog, query_frame
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"Invalid '--limit' value {args.limit} - must be at least 1")
+    engine = open_catalog(catalog_url(args))
+    try:
+        frame = query_frame(engine, filter_from_args(args), args.limit)
+    finally:
+        engine.dispose()
+    _emit(frame, args.format, args.out)
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    """Print counts per (kind, model, status), table totals and open failures by stage."""
+    from db import open_catalog, stats
+    from db.queries import failures_by_stage, table_counts
+
+    engine = open_catalog(catalog_url(args))
+    try:
+        frame = stats(engine, filter_from_args(args))
+        counts, failures = table_counts(engine), failures_by_stage(engine)
+    finally:
+        engine.dispose()
+    if args.format == "json":
+        document = {"groups": json.loads(frame.to_json(orient="records")), "tables": counts,
+                    "open_failures_by_stage": failures}
+        _write_text(json.dumps(document, indent=2) + "\n", args.out)
+        return 0
+    _emit(frame, args.format, args.out)
+    if args.format == "table":
+        print("tables: " + ", ".join(f"{k}={v}" for k, v in counts.items()), file=sys.stderr)
+        print("open failures: " + (", ".join(f"{k}={v}" for k, v in failures.items()) or "none"),
+              file=sys.stderr)
+    return 0
+
+
+def _emit(frame, fmt: str, out: Path | None) -> None:
+    """Write a DataFrame as table, CSV, JSON (one document) or Parquet."""
+    if fmt == "parquet":
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        if out is None:
+            sys.stdout.buffer.write(buffer.getvalue())
+        else:
+            _atomic_write(out, buffer.getvalue())
+        return
+    if fmt == "csv":
+        text = frame.to_csv(index=False)
+    elif fmt == "json":
+        text = frame.to_json(orient="records", date_format="iso", indent=2) + "\n"
+    else:
+        text = (frame.to_string(index=False) if len(frame) else "(no rows)") + "\n"
+    _write_text(text, out)
+
+
+def _write_text(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        _atomic_write(out, text.encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,17 +1,50 @@
-"""`sam2ct export`: not built yet."""
+"""`sam2ct export`: catalog segmentations -> a training dataset (NIfTI, nnU-Net, MONAI, DICOM)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from flows.cli.catalog import add_filter_arguments, filter_from_args
+from flows.cli.db import catalog_url
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `export` sub-command (placeholder until its issue lands)."""
-    parser = sub.add_parser("export", help="(not available yet)")
-    parser.set_defaults(func=_not_yet)
+    """Add the ``export`` sub-command."""
+    p = sub.add_parser("export", help="export catalogued segmentations as a dataset")
+    p.add_argument("--out", required=True, type=Path, help="export folder (re-run to resume)")
+    p.add_argument("--format", required=True, choices=("nifti", "nnunet", "monai", "dicom"))
+    p.add_argument("--deidentify", action="store_true",
+                   help="DICOM: PS3.15 Basic Profile with consistent UID remapping; all formats: "
+                        "no UIDs in the manifest")
+    p.add_argument("--split", default="1", metavar="F[,F[,F]]",
+                   help="train,val,test fractions by patient, e.g. 0.7,0.15,0.15 (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient split")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_filter_arguments(p)
+    p.set_defaults(func=run)
 
 
-def _not_yet(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Export, print a JSON summary; exit 1 when a case failed (the others are written)."""
+    from db import open_catalog
+    from db.export import export_dataset
+    from db.export.splits import parse_fractions
     from flows.cli import CommandError
 
-    raise CommandError("'export' is not available in this version")
+    split = parse_fractions(args.split)
+    if args.out.exists() and not args.out.is_dir():
+        raise NotADirectoryError(f"export folder {args.out} is a file")
+    engine = open_catalog(catalog_url(args))
+    try:
+        report = export_dataset(engine, args.out, args.format, filter_from_args(args),
+                                deidentify=args.deidentify, split=split, seed=args.seed,
+                                progress=not args.no_progress)
+    finally:
+        engine.dispose()
+    if report.cases == 0:
+        raise CommandError("no catalogued segmentation matches the filters: nothing to export")
+    print(json.dumps({"out": str(report.out), "cases": report.cases, "written": report.written,
+                      "already_done": report.skipped_done, "failed": report.failed}, indent=2))
+    return 1 if report.failed else 0

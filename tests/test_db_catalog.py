@@ -1,0 +1,275 @@
+"""The catalog on both SQLite and the real PostgreSQL: migrations, idempotent upserts, queries."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, select, text
+
+from db import CatalogFilter, Recorder, open_catalog, query_frame, query_rows, stats
+from db.migrate import alembic_config, current_revision, upgrade
+from db.models import Base, PatientPseudonym, Segmentation, Study
+from db.queries import (
+    failures_by_stage,
+    open_failures,
+    recorded_presentation_states,
+    table_counts,
+)
+from db.records import (
+    AnnotationRecord,
+    FailureRecord,
+    HarvestRunRecord,
+    PresentationStateRecord,
+    RunStatus,
+    SegmentationRecord,
+    SegStatus,
+    SeriesRecord,
+    SeriesResults,
+    Stage,
+    StudyRecord,
+)
+
+PG_ADMIN = os.environ.get("SAM2CT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    name = f"sam2ct_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """An empty catalog URL on each backend (PostgreSQL: the session database, emptied)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+        return
+    url = request.getfixturevalue("pg_url")
+    yield url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def series_results(n: int, *, patient: str = "PAT-SECRET-1", kind: str = "line",
+                   volume: float = 2.0, day: date = date(2025, 3, 1), model: str = "classical",
+                   status: SegStatus = SegStatus.OK, body_part: str = "CHEST",
+                   annotations: int = 2) -> SeriesResults:
+    """Results of one synthetic series number ``n`` (UIDs derived from n)."""
+    study, series, gsps = f"1.2.826.0.1.{n}", f"1.2.826.0.1.{n}.1", f"1.2.826.0.1.{n}.2"
+    anns = tuple(AnnotationRecord(gsps, i, kind, series, slice_index=5 + i,
+                                  points_voxel=((10.0, 20.0), (30.0, 40.0)),
+                                  points_mm=((1.0, 2.0, 3.0), (4.0, 5.0, 6.0)), length_mm=12.5,
+                                  text="lesion", layer="L1") for i in range(annotations))
+    segs = tuple(SegmentationRecord(gsps, i, model, "1.0", "", status, f"{gsps}.9", i + 1,
+                                    f"/out/{gsps}.dcm", 2000, volume + i, 20.0, 10.0,
+                                    (1, 2, 3, 4, 5, 6), 35.0, f"/out/{i}.png")
+                 for i in range(annotations))
+    return SeriesResults(
+        StudyRecord(study, patient, day),
+        SeriesRecord(series, study, "CT", body_part, 100, (3.0, 0.8, 0.8), "ACME", f"/s/{n}"),
+        (PresentationStateRecord(gsps, series, f"/g/{n}.dcm"),), anns, segs)
+
+
+def test_upgrade_from_empty_creates_every_table(catalog_url: str) -> None:
+    upgrade(catalog_url)
+    upgrade(catalog_url)  # a second run is a no-op
+    assert current_revision(catalog_url) == "0001"
+    engine = create_engine(catalog_url)
+    names = set(inspect(engine).get_table_names())
+    with engine.connect() as conn:  # the migrations build exactly what the models declare
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    assert {"harvest_run", "study", "series", "presentation_state", "annotation",
+            "segmentation", "failure", "patient_pseudonym", "alembic_version"} <= names
+    with engine.begin() as conn:  # and the downgrade removes it all again
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+    upgrade(catalog_url)
+    assert current_revision(catalog_url) == "0001"
+
+
+def test_recording_twice_adds_nothing_and_updates(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    rec.record_series_results(series_results(1))
+    first = table_counts(engine)
+    rec.record_series_results(series_results(1, volume=7.0))
+    assert table_counts(engine) == first
+    assert first["segmentations"] == 2 and first["annotations"] == 2 and first["studies"] == 1
+    assert sorted(r.volume_ml for r in query_rows(engine)) == [7.0, 8.0]
+    engine.dispose()
+
+
+def test_corrected_study_date_reaches_the_date_filter(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    rec.record_series_results(series_results(1, day=date(2024, 1, 1)))
+    rec.record_study(StudyRecord("1.2.826.0.1.1", "PAT-SECRET-1", date(2025, 6, 1)))
+    rows = query_rows(engine, CatalogFilter(since=date(2025, 1, 1)))
+    assert len(rows) == 2 and {r.study_date for r in rows} == {date(2025, 6, 1)}
+    engine.dispose()
+
+
+def test_patient_identity_only_in_pseudonym_table(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    rec.record_series_results(series_results(1, patient="PAT-SECRET-1"))
+    rec.record_series_results(series_results(2, patient="PAT-SECRET-1"))
+    rec.record_series_results(series_results(3, patient="PAT-SECRET-2"))
+    with engine.connect() as conn:
+        pseudonyms = dict(conn.execute(select(Study.study_instance_uid, Study.patient_pseudonym)).all())
+        mapping = dict(conn.execute(select(PatientPseudonym.patient_id,
+                                           PatientPseudonym.pseudonym)).all())
+    assert pseudonyms["1.2.826.0.1.1"] == pseudonyms["1.2.826.0.1.2"] == mapping["PAT-SECRET-1"]
+    assert pseudonyms["1.2.826.0.1.3"] == mapping["PAT-SECRET-2"] != mapping["PAT-SECRET-1"]
+    dump = query_frame(engine).to_csv()
+    assert "PAT-SECRET" not in dump
+    engine.dispose()
+
+
+def test_query_filters_select_the_right_rows(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    rec.record_series_results(series_results(1, kind="line", volume=0.5, day=date(2024, 6, 1)))
+    rec.record_series_results(series_results(2, kind="arrow", volume=3.0, day=date(2025, 2, 1),
+                                             model="sam2ct", body_part="ABDOMEN"))
+    rec.record_series_results(series_results(3, kind="line", volume=5.0, day=date(2025, 8, 1),
+                                             status=SegStatus.NEEDS_REVIEW))
+
+    def studies(**kw) -> list[str]:
+        return sorted({r.study_instance_uid[-1] for r in query_rows(engine, CatalogFilter(**kw))})
+
+    assert studies(kind="line") == ["1", "3"]
+    assert studies(min_volume_ml=1.0, max_volume_ml=2.0) == ["1"]  # volumes: n's base, base + 1
+    assert studies(min_volume_ml=4.5) == ["3"]
+    assert studies(since=date(2025, 1, 1)) == ["2", "3"]
+    assert studies(until=date(2025, 2, 1)) == ["1", "2"]
+    assert studies(model="sam2ct") == ["2"]
+    assert studies(status="needs-review") == ["3"]
+    assert studies(body_part="abdomen") == ["2"]
+    assert studies(kind="line", min_volume_ml=1.0, since=date(2025, 1, 1),
+                   status=SegStatus.NEEDS_REVIEW) == ["3"]
+    assert studies(study_instance_uid="1.2.826.0.1.2") == ["2"]
+    assert len(query_rows(engine, limit=2)) == 2
+    engine.dispose()
+
+
+def test_stats_group_by_kind_model_status(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    rec.record_series_results(series_results(1, kind="line", volume=1.0))
+    rec.record_series_results(series_results(2, kind="line", volume=3.0))
+    rec.record_series_results(series_results(3, kind="arrow", model="sam2ct"))
+    frame = stats(engine)
+    line = frame[(frame.kind == "line") & (frame.model_name == "classical")].iloc[0]
+    assert line.segmentations == 4 and line.total_volume_ml == pytest.approx(1 + 2 + 3 + 4)
+    assert set(frame.kind) == {"line", "arrow"}
+    assert stats(engine, CatalogFilter(since=date(2030, 1, 1))).empty
+    engine.dispose()
+
+
+def test_failures_count_attempts_and_resolve(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    failure = FailureRecord(Stage.RETRIEVE, "1.2.3", "TimeoutError", "C-MOVE timed out")
+    assert [rec.record_failure(failure) for _ in range(3)] == [1, 2, 3]
+    rec.record_failure(FailureRecord(Stage.PARSE, "1.2.4", "DicomInputError", "bad GSPS"))
+    assert failures_by_stage(engine) == {"retrieve": 1, "parse": 1}
+    assert rec.resolve_failure("retrieve", "1.2.3") is True
+    assert rec.resolve_failure("retrieve", "1.2.3") is False
+    assert list(open_failures(engine).object_uid) == ["1.2.4"]
+    assert rec.record_failure(failure) == 4  # it failed again: open again, one more attempt
+    assert failures_by_stage(engine) == {"retrieve": 1, "parse": 1}
+    engine.dispose()
+
+
+def test_harvest_run_upsert_keeps_one_row_per_window(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    start, end = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 2, tzinfo=UTC)
+    run_id = rec.record_run(HarvestRunRecord("ORTHANC@127.0.0.1:4242", start, end))
+    again = rec.record_run(HarvestRunRecord("ORTHANC@127.0.0.1:4242", start, end,
+                                            RunStatus.COMPLETED, found=3, segmented=2,
+                                            flow_run_id="abc"))
+    assert again == run_id
+    assert table_counts(engine)["harvest_runs"] == 1
+    rec.record_series_results(series_results(1))
+    assert recorded_presentation_states(engine, ["1.2.826.0.1.1.2", "9.9"]) == {"1.2.826.0.1.1.2"}
+    engine.dispose()
+
+
+def test_segmentation_of_unknown_annotation_is_refused(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    good = series_results(1)
+    bad = SeriesResults(good.study, good.series, good.presentation_states, good.annotations,
+                        (SegmentationRecord(good.presentation_states[0].sop_instance_uid, 99,
+                                            "classical"),))
+    with pytest.raises(ValueError, match="annotation 99"):
+        Recorder(engine).record_series_results(bad)
+    assert table_counts(engine)["studies"] == 0  # the whole transaction rolled back
+    engine.dispose()
+
+
+def _record_many(url: str, barrier, count: int) -> None:
+    """Worker: record the same ``count`` series as the other worker, starting together."""
+    engine = open_catalog(url, migrate=False)
+    rec = Recorder(engine)
+    barrier.wait(timeout=60)
+    for n in range(count):
+        rec.record_series_results(series_results(n, patient=f"PAT-{n % 7}"))
+        rec.record_failure(FailureRecord(Stage.SEGMENT, f"uid-{n % 5}", "ValueError", "x"))
+    engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_two_processes_upserting_the_same_results(backend: str, request: pytest.FixtureRequest,
+                                                  tmp_path) -> None:
+    url = (request.getfixturevalue("pg_url") if backend == "postgresql"
+           else f"sqlite:///{tmp_path / 'shared.sqlite'}")
+    engine = open_catalog(url)
+    if backend == "postgresql":  # another test of this session may have left rows
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE study, patient_pseudonym, failure, harvest_run CASCADE"))
+    engine.dispose()  # no pooled connection crosses the fork
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(2)
+    count = 20
+    workers = [ctx.Process(target=_record_many, args=(url, barrier, count)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    counts = table_counts(engine)
+    assert counts["studies"] == count and counts["series"] == count
+    assert counts["annotations"] == 2 * count and counts["segmentations"] == 2 * count
+    with engine.connect() as conn:
+        assert len(conn.execute(select(PatientPseudonym.id)).all()) == 7
+        assert len(set(conn.execute(select(Segmentation.annotation_id)).scalars())) == 2 * count
+        attempts = conn.execute(text("SELECT sum(attempts) FROM failure")).scalar_one()
+    assert counts["failures"] == 5 and attempts == 2 * count
+    engine.dispose()
