@@ -1,0 +1,88 @@
+"""SAM2CT's fixed design numbers and our tunable choices, kept apart from the code that uses them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+from typing import Any
+
+SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"  # SAM2.1 Hiera-Tiny, as published
+MODEL_INPUT_SIZE = 1024  # the published model input size (x and y)
+
+
+class PointLabel(IntEnum):
+    """Point labels of SAM2CT's prompt encoder (0-3 are SAM2's own, 4-7 are SAM2CT's)."""
+
+    PADDING = -1
+    NEGATIVE = 0
+    POSITIVE = 1
+    BOX_TOP_LEFT = 2
+    BOX_BOTTOM_RIGHT = 3
+    LINE_END = 4
+    ARROW_SECOND = 5
+    ARROW_HEAD = 6
+    MASK_POINT = 7  # reserved, unused at inference
+
+
+NUM_POINT_LABELS = 8  # learned point embeddings in SAM2CT (SAM2 has 4)
+SAM2_POINT_LABELS = 4
+
+
+@dataclass(frozen=True)
+class SAM2CTConfig:
+    """How a SAM2CT model is built and run.
+
+    ``image_size`` is the model input size (1024 as published; smaller sizes build the same
+    weights and serve tests). ``mem_distance`` / ``ptr_distance``: the memory bank keeps
+    non-conditioning memories of slices at |d| <= 6 and object pointers at |d| <= 8.
+    ``chunk_size``: slices encoded per image-encoder batch. ``arrow_second_point`` *(choice)*:
+    distance in 1024-space pixels from the arrow head to the label-5 point along head->tail.
+    ``hu_window``: HU clipped to this range then scaled to [0, 1].
+
+    Example
+    -------
+    >>> SAM2CTConfig(image_size=256).feature_size
+    16
+    """
+
+    image_size: int = MODEL_INPUT_SIZE
+    num_maskmem: int = 7
+    mem_distance: int = 6
+    ptr_distance: int = 8
+    chunk_size: int = 8
+    arrow_second_point: float = 64.0
+    hu_window: tuple[float, float] = (-500.0, 500.0)
+    binarize_prompt_mask_for_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if self.image_size < 64 or self.image_size % 64:
+            raise ValueError(f"Invalid 'image_size' value {self.image_size} - a multiple of 64 needed")
+        if self.chunk_size < 1:
+            raise ValueError(f"Invalid 'chunk_size' value {self.chunk_size} - must be >= 1")
+        if not 1 <= self.mem_distance < self.num_maskmem:
+            raise ValueError(f"Invalid 'mem_distance' value {self.mem_distance} - must be in "
+                             f"1..{self.num_maskmem - 1} for {self.num_maskmem} memory slots")
+        if self.ptr_distance < 0 or self.arrow_second_point <= 0:
+            raise ValueError("Invalid 'ptr_distance' / 'arrow_second_point' - must be positive")
+        low, high = self.hu_window
+        if not low < high:
+            raise ValueError(f"Invalid 'hu_window' value {self.hu_window} - low must be < high")
+
+    @property
+    def feature_size(self) -> int:
+        """Side of the stride-16 image embedding."""
+        return self.image_size // 16
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, stored in checkpoints next to the weights."""
+        data = asdict(self)
+        data["hu_window"] = list(self.hu_window)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SAM2CTConfig:
+        """Inverse of ``to_dict``; unknown keys are ignored (older/newer checkpoints)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "hu_window" in known:
+            known["hu_window"] = tuple(float(v) for v in known["hu_window"])
+        return cls(**known)

@@ -1,0 +1,198 @@
+"""SAM2CT 3D propagation: both directions, empty-mask stop, native grid, MCM, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sam2ct.model import SAM2CTConfig, SAM2CTSegmenter, build_sam2ct, save_checkpoint
+from sam2ct.model.propagate import propagate
+from sam2ct.prompts import Prompt, PromptKind
+from sam2ct.registry import choose_segmenter
+
+SMALL = SAM2CTConfig(image_size=64, chunk_size=4)
+SHAPE = (9, 40, 56)  # slices, rows, columns: not square, not the model size
+LINE = Prompt(PromptKind.LINE, 4, np.array([[20.0, 15.0], [34.0, 24.0]]), "line-1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on the shared 2-core CI machine this is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return build_sam2ct(SMALL, seed=0)
+
+
+@pytest.fixture(scope="module")
+def volume() -> np.ndarray:
+    """A bright ellipsoidal 'lesion' in noisy soft tissue, HU."""
+    z, y, x = np.mgrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
+    lesion = ((z - 4) / 3.5) ** 2 + ((y - 20) / 8) ** 2 + ((x - 27) / 10) ** 2 < 1
+    noise = np.random.default_rng(0).normal(0, 15, SHAPE)
+    return (np.where(lesion, 80.0, -20.0) + noise).astype(np.float32)
+
+
+def _forcing(model: torch.nn.Module, empty: set[tuple[int, int]]
+             ) -> torch.utils.hooks.RemovableHandle:
+    """Make the decoder see an object (large positive logits) except at (call, batch row) in
+    ``empty``.
+
+    Random weights decide nothing useful; this pins the decoder's verdict so the propagation
+    logic around it (order, stop rule, memory) is what the test exercises.
+    """
+    calls = {"n": 0}
+
+    def hook(_module, _args, output):
+        masks, ious, tokens, scores = output
+        sign = torch.ones(masks.shape[0], device=masks.device)
+        for row in range(masks.shape[0]):
+            if (calls["n"], row) in empty:
+                sign[row] = -1.0
+        calls["n"] += 1
+        return (10.0 * sign.view(-1, 1, 1, 1).expand_as(masks).clone(), ious, tokens,
+                10.0 * sign.view(-1, 1).expand_as(scores).clone())
+
+    return model.sam_mask_decoder.register_forward_hook(hook)
+
+
+def _run(model, volume, prompt_index=4):
+    coords = np.array([[20.0, 20.0], [40.0, 30.0]])
+    labels = np.array([4, 4])
+    with torch.inference_mode():
+        return propagate(model, volume, coords, labels, prompt_index, SMALL)
+
+
+def test_propagation_reaches_slice_zero_and_the_last_slice(model, volume) -> None:
+    handle = _forcing(model, set())
+    try:
+        result = _run(model, volume)
+    finally:
+        handle.remove()
+    # both directions in lockstep: 5 and 3, then 6 and 2, ... down to slice 0 and up to 8
+    assert result.visited == [4, 5, 3, 6, 2, 7, 1, 8, 0]
+    assert result.stopped_at == {1: None, -1: None}
+    assert sorted(result.masks) == list(range(9))
+    assert all(m.shape == SHAPE[1:] and m.all() for m in result.masks.values())
+
+
+def test_each_direction_stops_at_the_first_empty_mask(model, volume) -> None:
+    # decoder calls: 0 = prompt slice 4; 1 = slices (5, 3); 2 = (6, 2) -> up empty at 6;
+    # 3 = (1,) -> down empty at 1
+    handle = _forcing(model, {(2, 0), (3, 0)})
+    try:
+        result = _run(model, volume)
+    finally:
+        handle.remove()
+    assert result.visited == [4, 5, 3, 6, 2, 1]
+    assert result.stopped_at == {1: 6, -1: 1}
+    assert sorted(result.masks) == [2, 3, 4, 5]
+
+
+def test_empty_prompt_slice_does_not_propagate(model, volume) -> None:
+    handle = _forcing(model, {(0, 0)})
+    try:
+        result = _run(model, volume)
+    finally:
+        handle.remove()
+    assert result.visited == [4] and not result.masks[4].any()
+
+
+def test_memory_encoder_receives_memory_conditioned_features(model, volume) -> None:
+    attended, encoded, images = [], [], []
+    hooks = [
+        model.memory_attention.register_forward_hook(lambda m, a, out: attended.append(out)),
+        model.memory_encoder.register_forward_pre_hook(lambda m, a: encoded.append(a[0])),
+        model.image_encoder.register_forward_hook(
+            lambda m, a, out: images.append(out["vision_features"])),
+        _forcing(model, set()),
+    ]
+    try:
+        _run(model, volume)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(encoded) == 1 + 4 and len(attended) == 4  # prompt, then 4 lockstep steps
+    # prompt slice: image features + SAM2's no-memory embedding (slice 4 = first of chunk 4..7)
+    expected = images[0][0:1] + model.no_mem_embed.view(1, -1, 1, 1)
+    assert torch.allclose(encoded[0], expected, atol=1e-6)
+    for out, enc in zip(attended, encoded[1:], strict=True):
+        assert torch.equal(enc, out.permute(1, 2, 0).reshape(enc.shape))
+    raw = images[0][1:2]  # slice 5's raw image features differ from what the encoder got
+    assert not torch.allclose(encoded[1][0:1], raw, atol=1e-3)
+
+
+def test_lockstep_directions_match_one_direction_at_a_time(model, volume) -> None:
+    """Batching the two directions gives the memories that 'up, clear, then down' gives."""
+    from sam2ct.model.memory import MemoryBank
+    from sam2ct.model.preprocess import point_inputs, preprocess_slices
+    from sam2ct.model.propagate import encode_images, prompt_step, track_step
+
+    memories: list[torch.Tensor] = []
+    hooks = [model.memory_encoder.register_forward_hook(
+        lambda m, a, out: memories.append(out["vision_features"].clone())),
+        _forcing(model, set())]
+    try:
+        _run(model, volume)
+        batched = {4: memories[0][0]}
+        for step, mem in enumerate(memories[1:], start=1):
+            batched[4 + step], batched[4 - step] = mem[0], mem[1]
+        memories.clear()
+        with torch.inference_mode():
+            feats = encode_images(model, preprocess_slices(volume, SMALL))
+            coords, labels = np.array([[20.0, 20.0], [40.0, 30.0]]), np.array([4, 4])
+            first = prompt_step(model, feats[4], point_inputs(coords, labels), SMALL)
+            bank = MemoryBank(SMALL)
+            bank.set_prompt(4, first.memory)
+            order = [5, 6, 7, 8, 3, 2, 1, 0]
+            for i in order:
+                if i == 3:
+                    bank.clear()
+                bank.add(i, track_step(model, feats[i], [bank], [i], 9).memory)
+    finally:
+        for h in hooks:
+            h.remove()
+    sequential = dict(zip([4] + order, [m[0] for m in memories], strict=True))
+    assert sorted(batched) == sorted(sequential) == list(range(9))
+    for i in range(9):
+        assert torch.allclose(batched[i], sequential[i], atol=1e-4), f"slice {i} differs"
+    assert not torch.allclose(sequential[8], sequential[0], atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory, model) -> SAM2CTSegmenter:
+    path = tmp_path_factory.mktemp("seg") / "sam2ct.pt"
+    save_checkpoint(path, model, SMALL)
+    return SAM2CTSegmenter.from_checkpoint(Path(path), device="cpu")
+
+
+def test_segmenter_output_on_native_grid_and_deterministic(segmenter, volume) -> None:
+    arrow = Prompt(PromptKind.ARROW, 2, np.array([[27.0, 20.0], [50.0, 35.0]]), "arrow-1")
+    box = Prompt(PromptKind.ELLIPSE, 6, np.array([[17, 20], [37, 20], [27, 14], [27, 26]]))
+    first = segmenter.segment(volume, (3.0, 0.8, 0.8), [LINE, arrow, box])
+    second = segmenter.segment(volume, (3.0, 0.8, 0.8), [LINE, arrow, box])
+    assert len(first) == 3
+    for a, b in zip(first, second, strict=True):
+        assert a.shape == SHAPE and a.dtype == bool
+        assert np.array_equal(a, b)
+    assert segmenter.name == "sam2ct" and len(segmenter.checkpoint_sha256) == 64
+
+
+def test_segmenter_rejects_a_prompt_outside_the_volume(segmenter, volume) -> None:
+    bad = Prompt(PromptKind.POINT, 12, np.array([[3.0, 3.0]]), "p-9")
+    with pytest.raises(ValueError, match="slice 12 outside"):
+        segmenter.segment(volume, (3.0, 0.8, 0.8), [bad])
+
+
+def test_registry_loads_sam2ct_from_a_checkpoint_path(segmenter) -> None:
+    choice = choose_segmenter(segmenter.report.path, device="cpu")
+    assert isinstance(choice.segmenter, SAM2CTSegmenter) and choice.warning is None
+    assert choice.segmenter.checkpoint_sha256 == segmenter.checkpoint_sha256
