@@ -1,0 +1,55 @@
+"""The PACS client: C-ECHO, C-FIND, C-MOVE/C-GET into a staging area, C-STORE, storage SCP.
+
+Split by protocol layer like pynetdicom: ``settings`` (who and where), ``association`` (politeness,
+timeouts), ``query`` (C-ECHO/C-FIND/discovery), ``storage`` (our SCP), ``retrieve`` (C-MOVE/C-GET with
+verification), ``store`` (C-STORE).
+"""
+
+from dicom_io.pacs.association import Gate, gate_for, open_association
+from dicom_io.pacs.errors import (
+    AssociationRejectedError,
+    OutsideHarvestWindowError,
+    PacsBusyError,
+    PacsError,
+    PacsTimeoutError,
+    PacsUnavailableError,
+    QueryFailedError,
+    RetrievalIncompleteError,
+)
+from dicom_io.pacs.harvest import HarvestReport, SeriesRef, harvest_window, referenced_series
+from dicom_io.pacs.query import (
+    InstanceMatch,
+    QueryLevel,
+    SeriesMatch,
+    StudyMatch,
+    discover_gsps,
+    echo,
+    find,
+    find_in_window,
+    find_instances,
+    find_series,
+    find_studies,
+)
+from dicom_io.pacs.retrieve import RetrievalReport, SubOperations, retrieve
+from dicom_io.pacs.settings import (
+    Backoff,
+    HarvestWindow,
+    LocalAE,
+    PacsSettings,
+    RetrieveMethod,
+    Timeouts,
+    TlsOptions,
+)
+from dicom_io.pacs.storage import Delivery, StagingWriter, StorageSCP, StoreOutcome, staged_path
+from dicom_io.pacs.store import StoreReport, store_files
+
+__all__ = [
+    "AssociationRejectedError", "Backoff", "Delivery", "Gate", "HarvestReport", "HarvestWindow", "InstanceMatch",
+    "LocalAE", "OutsideHarvestWindowError", "PacsBusyError", "PacsError", "PacsSettings",
+    "PacsTimeoutError", "PacsUnavailableError", "QueryFailedError", "QueryLevel",
+    "RetrievalIncompleteError", "RetrievalReport", "RetrieveMethod", "SeriesMatch", "SeriesRef",
+    "StagingWriter", "StorageSCP", "StoreOutcome", "StoreReport", "StudyMatch", "SubOperations",
+    "Timeouts", "TlsOptions", "discover_gsps", "echo", "find", "find_in_window", "find_instances",
+    "find_series", "find_studies", "gate_for", "harvest_window", "open_association", "referenced_series", "retrieve", "staged_path",
+    "store_files",
+]

@@ -1,0 +1,219 @@
+"""Opening associations politely: explicit timeouts, a per-PACS concurrency cap and rate limit,
+the harvest window, and back-off on rejections and "out of resources" statuses.
+
+Every call builds its own pynetdicom ``AE``: the client keeps no state between calls except the
+per-PACS :class:`Gate`, which is shared by every thread of the process talking to the same PACS.
+
+Example
+-------
+>>> from pynetdicom.sop_class import Verification  # doctest: +SKIP
+>>> with open_association(pacs, local, [build_context(Verification)]) as assoc:  # doctest: +SKIP
+...     assoc.send_c_echo()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+
+from dicom_io.pacs.errors import (
+    AssociationRejectedError,
+    OutsideHarvestWindowError,
+    PacsBusyError,
+    PacsError,
+    PacsTimeoutError,
+    PacsUnavailableError,
+)
+from dicom_io.pacs.settings import LocalAE, PacsSettings
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Status codes meaning "out of resources / try later" in C-FIND, C-MOVE, C-GET and C-STORE.
+BUSY_STATUSES = frozenset({0xA700, 0xA701, 0xA702})
+
+
+class Gate:
+    """Caps simultaneous associations to one PACS and spaces their openings by ``1/max_rate`` s."""
+
+    def __init__(self, max_associations: int, max_rate: float) -> None:
+        self._slots = threading.BoundedSemaphore(max_associations)
+        self._interval = 1.0 / max_rate
+        self._lock = threading.Lock()
+        self._next_start = 0.0
+        self.max_associations = max_associations
+        self.max_rate = max_rate
+        self.active = 0
+        self.peak = 0
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one association slot (blocking) after waiting for the rate limit."""
+        with self._slots:
+            with self._lock:
+                now = time.monotonic()
+                wait = max(0.0, self._next_start - now)
+                self._next_start = max(now, self._next_start) + self._interval
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            try:
+                if wait:
+                    time.sleep(wait)
+                yield
+            finally:
+                with self._lock:
+                    self.active -= 1
+
+
+_GATES: dict[tuple[str, str, int], Gate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def gate_for(pacs: PacsSettings) -> Gate:
+    """The process-wide :class:`Gate` of ``pacs`` (created on first use from its limits)."""
+    with _GATES_LOCK:
+        gate = _GATES.get(pacs.key)
+        limits = (pacs.max_associations, pacs.max_rate)
+        if gate is None or (gate.max_associations, gate.max_rate) != limits:
+            gate = _GATES[pacs.key] = Gate(pacs.max_associations, pacs.max_rate)
+        return gate
+
+
+def check_harvest_window(pacs: PacsSettings, now: dt.datetime | None = None) -> None:
+    """Raise :class:`OutsideHarvestWindowError` when ``pacs`` has a window and it is closed."""
+    if pacs.harvest_window is None:
+        return
+    now = now or dt.datetime.now()
+    wait = pacs.harvest_window.seconds_until_open(now)
+    if wait > 0:
+        raise OutsideHarvestWindowError(
+            f"PACS {pacs.address}: outside the harvest window "
+            f"{pacs.harvest_window.start:%H:%M}-{pacs.harvest_window.end:%H:%M}; "
+            f"opens in {wait:.0f} s",
+            wait,
+        )
+
+
+def make_ae(pacs: PacsSettings, local: LocalAE) -> AE:
+    """A fresh pynetdicom AE with our title and the PACS's explicit timeouts."""
+    ae = AE(ae_title=local.ae_title)
+    t = pacs.timeouts
+    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = t.acse, t.dimse, t.network
+    ae.connection_timeout = t.connect
+    ae.maximum_associations = 1
+    return ae
+
+
+def _associate_once(
+    pacs: PacsSettings,
+    local: LocalAE,
+    contexts: Sequence[PresentationContext],
+    ext_neg: list | None,
+    evt_handlers: list | None,
+) -> Association:
+    connected = threading.Event()
+    handlers = [(evt.EVT_CONN_OPEN, lambda event: connected.set()), *(evt_handlers or [])]
+    tls = None
+    if pacs.tls is not None:
+        tls = (pacs.tls.client_context(), pacs.tls.server_hostname or pacs.host)
+    ae = make_ae(pacs, local)
+    assoc = ae.associate(
+        pacs.host,
+        pacs.port,
+        contexts=list(contexts),
+        ae_title=pacs.ae_title,
+        max_pdu=pacs.max_pdu,
+        ext_neg=ext_neg,
+        tls_args=tls,
+        evt_handlers=handlers,
+    )
+    if assoc.is_established:
+        return assoc
+    if assoc.is_rejected:
+        rsp = assoc.acceptor.primitive
+        raise AssociationRejectedError(
+            f"PACS {pacs.address} rejected the association from {local.ae_title}: "
+            f"{rsp.result_str}, {rsp.source_str}, {rsp.reason_str}",
+            transient=rsp.result == 0x02,
+        )
+    if not connected.is_set():
+        why = "TLS handshake failed, " if pacs.tls is not None else ""
+        raise PacsUnavailableError(f"PACS {pacs.address}: cannot connect ({why}not running, wrong "
+                                   "host/port or unreachable)")
+    raise PacsTimeoutError(
+        f"PACS {pacs.address}: association not established (aborted, ACSE timeout or no "
+        "acceptable presentation context)"
+    )
+
+
+@contextlib.contextmanager
+def open_association(
+    pacs: PacsSettings,
+    local: LocalAE,
+    contexts: Sequence[PresentationContext],
+    *,
+    ext_neg: list | None = None,
+    evt_handlers: list | None = None,
+    gate: Gate | None = None,
+) -> Iterator[Association]:
+    """Yield an established association with ``pacs``, released (or aborted) on exit.
+
+    Holds a slot of the PACS's gate for its whole life. Transient rejections and failed connects
+    are retried with ``pacs.backoff``; a permanent rejection raises at once.
+    """
+    check_harvest_window(pacs)
+    gate = gate or gate_for(pacs)
+    with gate.slot():
+        assoc = retry_with_backoff(
+            pacs,
+            lambda: _associate_once(pacs, local, contexts, ext_neg, evt_handlers),
+            retry_if=_association_retryable,
+        )
+        try:
+            yield assoc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+            elif not assoc.is_aborted:
+                assoc.abort()
+
+
+def _association_retryable(exc: Exception) -> bool:
+    if isinstance(exc, AssociationRejectedError):
+        return exc.transient
+    return isinstance(exc, (PacsUnavailableError, PacsTimeoutError, PacsBusyError))
+
+
+def retry_with_backoff(
+    pacs: PacsSettings, action: Callable[[], T], retry_if: Callable[[Exception], bool]
+) -> T:
+    """Run ``action``; on an error ``retry_if`` accepts, wait per ``pacs.backoff`` and retry."""
+    policy = pacs.backoff
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return action()
+        except PacsError as exc:
+            if attempt == policy.attempts or not retry_if(exc):
+                raise
+            delay = policy.delay(attempt)
+            logger.warning("%s; retry %d/%d in %.1f s", exc, attempt, policy.attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def build_context(
+    abstract_syntax: str, transfer_syntaxes: Sequence[str] | None = None
+) -> PresentationContext:
+    """A requested presentation context (thin wrapper so callers need not import pynetdicom)."""
+    from pynetdicom import build_context as _build
+
+    return _build(abstract_syntax, list(transfer_syntaxes) if transfer_syntaxes else None)

@@ -1,0 +1,251 @@
+"""C-ECHO and Study Root C-FIND at study, series and image level; GSPS discovery in a date window.
+
+Queries that hit the PACS's result limit are split into smaller date windows automatically.
+
+Example
+-------
+>>> gsps = discover_gsps(pacs, local, dt.date(2026, 1, 1), dt.date(2026, 1, 31))  # doctest: +SKIP
+>>> {g.series_instance_uid for g in gsps}  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydicom.dataset import Dataset
+from pynetdicom.association import Association
+from pynetdicom.sop_class import (
+    GrayscaleSoftcopyPresentationStateStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+
+from dicom_io.pacs.association import (
+    BUSY_STATUSES,
+    build_context,
+    open_association,
+    retry_with_backoff,
+)
+from dicom_io.pacs.errors import PacsBusyError, PacsError, PacsTimeoutError, QueryFailedError
+from dicom_io.pacs.settings import LocalAE, PacsSettings
+
+logger = logging.getLogger(__name__)
+
+GSPS_SOP_CLASS = str(GrayscaleSoftcopyPresentationStateStorage)
+_PENDING = frozenset({0xFF00, 0xFF01})
+_CANCELLED = 0xFE00
+
+
+class QueryLevel(StrEnum):
+    """Study Root query/retrieve levels."""
+
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+
+#: Keys we ask for at each level (return keys, empty unless given a value).
+RETURN_KEYS: dict[QueryLevel, tuple[str, ...]] = {
+    QueryLevel.STUDY: ("StudyInstanceUID", "StudyDate", "StudyTime", "ModalitiesInStudy",
+                       "NumberOfStudyRelatedInstances"),
+    QueryLevel.SERIES: ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber",
+                        "NumberOfSeriesRelatedInstances"),
+    QueryLevel.IMAGE: ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+                       "InstanceNumber"),
+}
+
+
+@dataclass(frozen=True)
+class FindResult:
+    """Matches of one C-FIND, and whether the PACS says the list is complete."""
+
+    matches: tuple[Dataset, ...]
+    complete: bool
+
+
+@dataclass(frozen=True)
+class StudyMatch:
+    """One study found at study level."""
+
+    study_instance_uid: str
+    study_date: str
+
+
+@dataclass(frozen=True)
+class SeriesMatch:
+    """One series found at series level."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+
+
+@dataclass(frozen=True)
+class InstanceMatch:
+    """One instance found at image level: what a retrieval must bring back."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+def echo(pacs: PacsSettings, local: LocalAE) -> None:
+    """C-ECHO the PACS; raise a :class:`PacsError` saying what failed."""
+    with open_association(pacs, local, [build_context(Verification)]) as assoc:
+        status = assoc.send_c_echo()
+    if not status or status.Status != 0x0000:
+        code = f"0x{status.Status:04X}" if status else "no response (timeout or abort)"
+        raise QueryFailedError(f"PACS {pacs.address}: C-ECHO failed: {code}")
+
+
+def make_identifier(level: QueryLevel, keys: Mapping[str, str] | None = None,
+                    return_keys: Iterable[str] | None = None) -> Dataset:
+    """A C-FIND identifier: the level, matching ``keys`` and empty return keys."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = QueryLevel(level).value
+    for keyword in return_keys if return_keys is not None else RETURN_KEYS[QueryLevel(level)]:
+        setattr(ds, keyword, "")
+    for keyword, value in (keys or {}).items():
+        try:
+            setattr(ds, keyword, value)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"Invalid query key '{keyword}={value}' - {e}") from e
+    return ds
+
+
+def find_on(assoc: Association, pacs: PacsSettings, identifier: Dataset) -> FindResult:
+    """Run one C-FIND on an open association; busy statuses raise :class:`PacsBusyError`."""
+    matches: list[Dataset] = []
+    for status, found in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
+        if not status:
+            raise PacsTimeoutError(f"PACS {pacs.address}: C-FIND got no response (DIMSE timeout "
+                                   "or association aborted)")
+        code = status.Status
+        if code in _PENDING:
+            if found is not None:
+                matches.append(found)
+        elif code == 0x0000:
+            return FindResult(tuple(matches), complete=True)
+        elif code == _CANCELLED:
+            return FindResult(tuple(matches), complete=False)
+        elif code in BUSY_STATUSES:
+            raise PacsBusyError(f"PACS {pacs.address}: C-FIND out of resources (0x{code:04X})")
+        else:
+            raise QueryFailedError(f"PACS {pacs.address}: C-FIND failed with status 0x{code:04X}")
+    raise PacsTimeoutError(f"PACS {pacs.address}: C-FIND ended without a final status")
+
+
+def find(pacs: PacsSettings, local: LocalAE, level: QueryLevel,
+         keys: Mapping[str, str] | None = None,
+         return_keys: Iterable[str] | None = None) -> FindResult:
+    """One Study Root C-FIND in its own association (retried with back-off when busy)."""
+    identifier = make_identifier(level, keys, return_keys)
+
+    def attempt() -> FindResult:
+        with open_association(pacs, local, [build_context(
+                StudyRootQueryRetrieveInformationModelFind)]) as assoc:
+            return find_on(assoc, pacs, identifier)
+
+    return retry_with_backoff(pacs, attempt, lambda e: isinstance(e, PacsBusyError))
+
+
+def _date_range(start: dt.date, end: dt.date) -> str:
+    return f"{start:%Y%m%d}-{end:%Y%m%d}"
+
+
+def _hit_limit(pacs: PacsSettings, result: FindResult) -> bool:
+    limit = pacs.result_limit
+    return not result.complete or (limit is not None and len(result.matches) >= limit)
+
+
+def find_in_window(pacs: PacsSettings, local: LocalAE, level: QueryLevel, start: dt.date,
+                   end: dt.date, keys: Mapping[str, str] | None = None,
+                   return_keys: Iterable[str] | None = None) -> list[Dataset]:
+    """C-FIND over StudyDate ``start..end``, halving the window while the result limit is hit.
+
+    Raises :class:`QueryFailedError` if even a single day exceeds the PACS's limit.
+    """
+    if end < start:
+        raise ValueError(f"Invalid date window {start}..{end} - end before start")
+    keys = {**(keys or {}), "StudyDate": _date_range(start, end)}
+    result = find(pacs, local, level, keys, return_keys)
+    if not _hit_limit(pacs, result):
+        return list(result.matches)
+    if start == end:
+        raise QueryFailedError(f"PACS {pacs.address}: more C-FIND matches on {start} than its "
+                               "result limit allows; narrow the query")
+    mid = start + (end - start) // 2
+    logger.info("C-FIND %s..%s hit the result limit; splitting at %s", start, end, mid)
+    return (find_in_window(pacs, local, level, start, mid, keys, return_keys)
+            + find_in_window(pacs, local, level, mid + dt.timedelta(days=1), end, keys,
+                             return_keys))
+
+
+def find_studies(pacs: PacsSettings, local: LocalAE, start: dt.date, end: dt.date
+                 ) -> list[StudyMatch]:
+    """Studies whose StudyDate lies in ``start..end``, without duplicates."""
+    found = find_in_window(pacs, local, QueryLevel.STUDY, start, end)
+    unique = {d.StudyInstanceUID: StudyMatch(d.StudyInstanceUID, str(d.get("StudyDate", "")))
+              for d in found if d.get("StudyInstanceUID")}
+    return sorted(unique.values(), key=lambda s: (s.study_date, s.study_instance_uid))
+
+
+def find_series(pacs: PacsSettings, local: LocalAE, study_uid: str,
+                modality: str | None = None) -> list[SeriesMatch]:
+    """Series of one study, optionally only those of ``modality``."""
+    keys = {"StudyInstanceUID": study_uid, **({"Modality": modality} if modality else {})}
+    result = _complete(pacs, find(pacs, local, QueryLevel.SERIES, keys), f"study {study_uid}")
+    return [SeriesMatch(study_uid, d.SeriesInstanceUID, str(d.get("Modality", "")))
+            for d in result if d.get("SeriesInstanceUID")
+            and (modality is None or d.get("Modality") == modality)]
+
+
+def find_instances(pacs: PacsSettings, local: LocalAE, study_uid: str,
+                   series_uid: str | None = None) -> list[InstanceMatch]:
+    """Instances of one series, or of every series of the study when ``series_uid`` is None."""
+    series = ([series_uid] if series_uid else
+              [s.series_instance_uid for s in find_series(pacs, local, study_uid)])
+    out: list[InstanceMatch] = []
+    for uid in series:
+        keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": uid}
+        result = _complete(pacs, find(pacs, local, QueryLevel.IMAGE, keys), f"series {uid}")
+        out.extend(InstanceMatch(study_uid, uid, d.SOPInstanceUID, str(d.get("SOPClassUID", "")))
+                   for d in result if d.get("SOPInstanceUID"))
+    return _unique(out)
+
+
+def discover_gsps(pacs: PacsSettings, local: LocalAE, start: dt.date, end: dt.date,
+                  sop_classes: Sequence[str] = (GSPS_SOP_CLASS,)) -> list[InstanceMatch]:
+    """Every GSPS of the studies dated ``start..end``: studies → PR series → instances.
+
+    Instances whose SOP Class is not in ``sop_classes`` (e.g. other presentation states) are left
+    out; an instance whose class the PACS does not return is kept.
+    """
+    out: list[InstanceMatch] = []
+    for study in find_studies(pacs, local, start, end):
+        for series in find_series(pacs, local, study.study_instance_uid, modality="PR"):
+            out.extend(i for i in find_instances(pacs, local, study.study_instance_uid,
+                                                 series.series_instance_uid)
+                       if not i.sop_class_uid or i.sop_class_uid in sop_classes)
+    return _unique(out)
+
+
+def _complete(pacs: PacsSettings, result: FindResult, what: str) -> tuple[Dataset, ...]:
+    if _hit_limit(pacs, result) and not result.complete:
+        raise QueryFailedError(f"PACS {pacs.address}: C-FIND of {what} was cut at its result "
+                               f"limit ({len(result.matches)} matches)")
+    return result.matches
+
+
+def _unique(items: list[InstanceMatch]) -> list[InstanceMatch]:
+    return list({i.sop_instance_uid: i for i in items}.values())
+
+
+__all__ = ["FindResult", "InstanceMatch", "PacsError", "QueryLevel", "SeriesMatch", "StudyMatch",
+           "discover_gsps", "echo", "find", "find_in_window", "find_instances", "find_series",
+           "find_studies", "make_identifier"]

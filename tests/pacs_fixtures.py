@@ -1,0 +1,71 @@
+"""pytest fixtures for the PACS tests (load with ``pytest_plugins = ["pacs_fixtures"]``).
+
+Session-scoped, so one Orthanc and one dcmqrscp serve every PACS test module (tests only add to
+them): the corpus of test studies, our local AE, and the two peers loaded with the corpus.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import pytest
+from conftest import free_port, shared
+from pacs_peers import OUR_AET, OrthancPeer, QrscpPeer, make_corpus
+
+from dicom_io.pacs import LocalAE, PacsSettings, store_files
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"), shared("lung1").parent)
+
+
+@pytest.fixture(scope="session")
+def local() -> LocalAE:
+    return LocalAE(OUR_AET, free_port())
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory, corpus, local):
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc (Debian package orthanc) is not installed")
+    peer = OrthancPeer(tmp_path_factory.mktemp("orthanc"), free_port(), free_port(), OUR_AET,
+                       local.store_port, limit_find_results=2).start()
+    peer.upload(corpus.files)
+    yield peer
+    peer.kill()  # nothing to keep: no need to wait for a graceful stop
+
+
+@pytest.fixture(scope="session")
+def qrscp(tmp_path_factory, corpus, local):
+    if shutil.which("dcmqrscp") is None:
+        pytest.skip("dcmqrscp (Debian package dcmtk) is not installed")
+    peer = QrscpPeer(tmp_path_factory.mktemp("qrscp"), free_port(), OUR_AET,
+                     local.store_port).start()
+    report = store_files(PacsSettings.parse(peer.address), local, corpus.files)
+    assert report.ok and report.stored == len(corpus.files)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="session", params=["orthanc", "dcmqrscp"])
+def peer(request):
+    return request.getfixturevalue("orthanc" if request.param == "orthanc" else "qrscp")
+
+
+
+
+@pytest.fixture
+def fresh_orthanc(tmp_path, corpus, local):
+    """An Orthanc of its own (the test may kill or freeze it) holding study A and C of the corpus."""
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc (Debian package orthanc) is not installed")
+    peer = OrthancPeer(tmp_path / "orthanc", free_port(), free_port(), OUR_AET,
+                       local.store_port).start()
+    peer.upload(list(corpus.a.files))
+    yield peer
+    if peer.proc is not None:
+        os.kill(peer.proc.pid, signal.SIGCONT)
+    peer.kill()
