@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 
-class PromptKind(str, Enum):
+class PromptKind(StrEnum):
     """What the points of a prompt mean (their order is fixed per kind, see ``Prompt``)."""
 
     LINE = "line"

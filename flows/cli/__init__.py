@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # highdicom narrates every copied module at INFO
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except (CommandError, ValueError, FileNotFoundError, NotADirectoryError) as exc:

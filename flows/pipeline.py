@@ -1,0 +1,189 @@
+"""Segment one CT series from its presentation states: the steps shared by the CLI and the flows.
+
+volume -> annotations -> prompts -> masks -> one SEG per (GSPS, series) + previews -> summaries.
+Each step takes and returns plain values so a Prefect task can wrap it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dicom_io.errors import DicomInputError
+from dicom_io.gsps import Annotation, AnnotationKind, locate, read_gsps
+from dicom_io.seg import AlgorithmSpec, SegmentSpec, render_preview, write_seg
+from dicom_io.volume import Volume
+from sam2ct.metrics import long_axis_mm
+from sam2ct.prompts import Prompt, PromptKind
+from sam2ct.registry import choose_segmenter
+from sam2ct.segmenter import Segmenter
+
+log = logging.getLogger(__name__)
+
+# Annotation kinds that become prompts; text-only annotations do not.
+_PROMPT_KIND = {
+    AnnotationKind.LINE: PromptKind.LINE,
+    AnnotationKind.BIDIRECTIONAL: PromptKind.BIDIRECTIONAL,
+    AnnotationKind.ARROW: PromptKind.ARROW,
+    AnnotationKind.ELLIPSE: PromptKind.ELLIPSE,
+    AnnotationKind.CIRCLE: PromptKind.CIRCLE,
+    AnnotationKind.POLYGON: PromptKind.POLYGON,
+    AnnotationKind.POINT: PromptKind.POINT,
+}
+
+
+@dataclass
+class SegmentResult:
+    """One prompt's outcome: a segment in a SEG file, or a skip / failure with its reason."""
+
+    gsps_sop_instance_uid: str
+    annotation_index: int
+    kind: str
+    slice_index: int | None = None
+    status: str = "ok"  # ok | skipped | failed
+    reason: str | None = None
+    seg_path: str | None = None
+    seg_sop_instance_uid: str | None = None
+    segment_number: int | None = None
+    preview_path: str | None = None
+    voxels: int = 0
+    volume_ml: float = 0.0
+    long_axis_mm: float = 0.0
+    length_mm: float | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        """The JSON summary printed by `sam2ct segment`."""
+        return asdict(self)
+
+
+@dataclass
+class PromptedAnnotation:
+    """An annotation that became a prompt on the volume."""
+
+    annotation: Annotation
+    prompt: Prompt
+
+
+@dataclass
+class SeriesJob:
+    """Everything needed to segment one series: its volume and the GSPS files drawn on it."""
+
+    volume: Volume
+    gsps_files: Sequence[Path]
+    results: list[SegmentResult] = field(default_factory=list)
+
+
+def annotations_to_prompts(volume: Volume, gsps_file: Path) -> tuple[list[PromptedAnnotation],
+                                                                      list[SegmentResult]]:
+    """Parse one GSPS and turn its usable annotations into prompts on ``volume``.
+
+    Returns the prompts and the recorded skips (unusable annotations, text-only ones excluded).
+    """
+    prompted: list[PromptedAnnotation] = []
+    skips: list[SegmentResult] = []
+    for ann in read_gsps(gsps_file):
+        if ann.kind == AnnotationKind.TEXT and ann.skip_reason is None:
+            continue
+        located = locate(ann, volume)
+        reason = located.skip_reason
+        if reason is None and ann.kind not in _PROMPT_KIND:
+            reason = f"annotation kind '{ann.kind.value}' is not a usable prompt"
+        if reason is not None:
+            skips.append(SegmentResult(ann.gsps_sop_instance_uid, ann.index, ann.kind.value,
+                                       status="skipped", reason=reason))
+            continue
+        prompt = Prompt(_PROMPT_KIND[ann.kind], located.slice_index, located.points_voxel,
+                        identifier=f"{ann.gsps_sop_instance_uid}#{ann.index}")
+        prompted.append(PromptedAnnotation(ann, prompt))
+    return prompted, skips
+
+
+def segment_label(ann: Annotation) -> str:
+    """Segment label from the annotation: its kind and measured length."""
+    if ann.length_mm:
+        return f"{ann.kind.value} {ann.length_mm:.1f} mm"
+    return ann.kind.value
+
+
+def algorithm_of(segmenter: Segmenter, warning: str | None) -> AlgorithmSpec:
+    """Algorithm identification for the SEG, carrying the fallback warning when there is one."""
+    return AlgorithmSpec(name=segmenter.name, version=segmenter.version,
+                         checkpoint_sha256=segmenter.checkpoint_sha256, note=warning)
+
+
+def segment_gsps(volume: Volume, gsps_file: Path, segmenter: Segmenter, algorithm: AlgorithmSpec,
+                 out_dir: Path) -> list[SegmentResult]:
+    """Segment every usable annotation of one GSPS and write them as one SEG with previews."""
+    prompted, results = annotations_to_prompts(volume, gsps_file)
+    if not prompted:
+        return results
+    started = time.perf_counter()
+    masks = segmenter.segment(volume.array, volume.spacing, [p.prompt for p in prompted])
+    seconds = (time.perf_counter() - started) / len(prompted)
+    kept: list[tuple[PromptedAnnotation, np.ndarray, SegmentResult]] = []
+    for item, mask in zip(prompted, masks, strict=True):
+        ann = item.annotation
+        result = SegmentResult(ann.gsps_sop_instance_uid, ann.index, ann.kind.value,
+                               slice_index=item.prompt.slice_index, length_mm=ann.length_mm,
+                               seconds=round(seconds, 3))
+        if not mask.any():
+            result.status, result.reason = "failed", "the model returned an empty mask"
+            results.append(result)
+            continue
+        _measure(result, mask, volume)
+        kept.append((item, mask, result))
+    if kept:
+        _write_outputs(volume, kept, algorithm, out_dir)
+        results.extend(r for _, _, r in kept)
+    return results
+
+
+def _measure(result: SegmentResult, mask: np.ndarray, volume: Volume) -> None:
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    result.voxels = int(mask.sum())
+    result.volume_ml = round(result.voxels * voxel_ml, 3)
+    result.long_axis_mm = round(float(long_axis_mm(mask, volume.spacing)), 2)
+
+
+def _write_outputs(volume: Volume, kept: list, algorithm: AlgorithmSpec, out_dir: Path) -> None:
+    """Write the SEG of one GSPS and a preview PNG per segment; fill in the results' paths."""
+    gsps_uid = kept[0][0].annotation.gsps_sop_instance_uid
+    segments = [SegmentSpec.for_annotation(item.annotation.gsps_sop_instance_uid,
+                                           item.annotation.index, item.annotation.kind.value,
+                                           segment_label(item.annotation))
+                for item, _, _ in kept]
+    seg_path = write_seg(volume, [m for _, m, _ in kept], segments, algorithm, out_dir,
+                         presentation_state_uid=gsps_uid)
+    for number, (item, mask, result) in enumerate(kept, start=1):
+        result.seg_path, result.segment_number = str(seg_path), number
+        result.seg_sop_instance_uid = seg_path.stem
+        png = out_dir / "previews" / f"{seg_path.stem}-{number}.png"
+        render_preview(volume, mask, item.prompt.points, item.prompt.slice_index,
+                       item.prompt.kind.value, png)
+        result.preview_path = str(png)
+
+
+def segment_series(volume: Volume, gsps_files: Sequence[Path], out_dir: Path, model: str = "auto",
+                   device: str | None = None) -> tuple[list[SegmentResult], str | None]:
+    """Segment a series from all its GSPS files; a bad GSPS is recorded, the batch goes on.
+
+    Returns the per-prompt results and the fallback warning (None when SAM2CT ran).
+    """
+    choice = choose_segmenter(model, device=device)
+    algorithm = algorithm_of(choice.segmenter, choice.warning)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[SegmentResult] = []
+    for gsps_file in gsps_files:
+        try:
+            results.extend(segment_gsps(volume, Path(gsps_file), choice.segmenter, algorithm,
+                                        out_dir))
+        except DicomInputError as exc:
+            log.warning("%s", exc)
+            results.append(SegmentResult("", -1, "gsps", status="failed", reason=str(exc)))
+    return results, choice.warning

@@ -1,0 +1,76 @@
+"""Plane geometry of masks in millimetres: longest diameter and longest perpendicular (RECIST)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+
+@dataclass(frozen=True)
+class Chord:
+    """A segment between two points given as (row, column) voxel coordinates, and its length in mm."""
+
+    start: np.ndarray
+    end: np.ndarray
+    length_mm: float
+
+
+def largest_component(mask2d: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a 2D mask (empty in, empty out)."""
+    labels, n = ndimage.label(mask2d, structure=np.ones((3, 3), dtype=bool))
+    if n <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == int(np.argmax(sizes)) + 1
+
+
+def longest_chord(mask2d: np.ndarray, spacing: tuple[float, float]) -> Chord:
+    """The longest segment between two voxel centres of ``mask2d`` (spacing: row, column mm)."""
+    rc = np.argwhere(mask2d).astype(float)
+    if len(rc) == 0:
+        raise ValueError("Invalid 'mask2d' - empty, it has no diameter")
+    scale = np.asarray(spacing, dtype=float)
+    mm = rc * scale
+    candidates = mm
+    if len(mm) > 3:
+        try:
+            candidates = mm[ConvexHull(mm).vertices]
+        except QhullError:  # collinear or too few distinct points: every point is a candidate
+            candidates = mm
+    dist = np.linalg.norm(candidates[:, None, :] - candidates[None, :, :], axis=-1)
+    i, j = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return Chord(candidates[i] / scale, candidates[j] / scale, float(dist[i, j]))
+
+
+def longest_perpendicular(mask2d: np.ndarray, spacing: tuple[float, float], axis: Chord) -> Chord:
+    """The widest extent of ``mask2d`` perpendicular to ``axis`` (RECIST short axis), in mm."""
+    scale = np.asarray(spacing, dtype=float)
+    mm = np.argwhere(mask2d).astype(float) * scale
+    direction = (axis.end - axis.start) * scale
+    norm = float(np.linalg.norm(direction))
+    if norm == 0:
+        return Chord(axis.start, axis.end, 0.0)
+    d = direction / norm
+    n = np.array([-d[1], d[0]])
+    u, v = mm @ d, mm @ n
+    bins = np.round(u / float(scale.min())).astype(int)
+    order = np.argsort(bins, kind="stable")
+    b, v, u = bins[order], v[order], u[order]
+    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+    vmin, vmax = np.minimum.reduceat(v, starts), np.maximum.reduceat(v, starts)
+    counts = np.diff(np.r_[starts, len(b)])
+    umean = np.add.reduceat(u, starts) / counts
+    k = int(np.argmax(vmax - vmin))
+    p = umean[k] * d
+    return Chord((p + vmin[k] * n) / scale, (p + vmax[k] * n) / scale, float(vmax[k] - vmin[k]))
+
+
+def long_axis_mm(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """Longest axial diameter over all slices of a 3D mask (0 when empty)."""
+    best = 0.0
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        best = max(best, longest_chord(mask[z], spacing[1:]).length_mm)
+    return best

@@ -1,0 +1,83 @@
+"""`sam2ct segment` end to end on a synthetic study: SEGs valid, faithful, idempotent; bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import dciodvfy_errors
+
+from dicom_io.nifti import read_nifti
+from dicom_io.seg import read_seg_masks
+from dicom_io.volume import load_series
+from flows.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _study(synth_dir: Path) -> dict:
+    return json.loads((synth_dir / "manifest.json").read_text())["studies"][0]
+
+
+def _segment(synth_dir: Path, gsps: list[Path], out: Path, capsys) -> tuple[int, dict]:
+    study = _study(synth_dir)
+    code = main(["segment", "--series", str(synth_dir / study["ct_dir"]), "--gsps",
+                 *map(str, gsps), "--out", str(out), "--model", "classical"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _by_encoding(synth_dir: Path, encoding: str) -> dict:
+    return next(g for g in _study(synth_dir)["gsps"] if g["encoding"] == encoding)
+
+
+def test_line_gsps_becomes_a_valid_seg_matching_the_truth(synth_dir, tmp_path, capsys):
+    entry = _by_encoding(synth_dir, "line-mm")
+    code, doc = _segment(synth_dir, [synth_dir / entry["file"]], tmp_path, capsys)
+    assert code == 0
+    [segment] = doc["segments"]
+    assert segment["status"] == "ok" and segment["kind"] == "line"
+    assert segment["volume_ml"] > 0 and segment["long_axis_mm"] > 0
+    seg_path = Path(segment["seg_path"])
+    assert dciodvfy_errors(seg_path) == []
+    assert Path(segment["preview_path"]).stat().st_size > 1000
+    volume = load_series(synth_dir / _study(synth_dir)["ct_dir"])
+    mask = read_seg_masks(seg_path, volume)[1]
+    assert int(mask.sum()) == segment["voxels"]
+    lesion = next(les for les in _study(synth_dir)["lesions"] if les["id"] == entry["lesion"])
+    truth = read_nifti(synth_dir / lesion["truth"])[0].astype(bool)
+    dice = 2 * np.logical_and(mask, truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.6, dice
+
+
+def test_rerun_writes_the_same_files(synth_dir, tmp_path, capsys):
+    gsps = [synth_dir / g["file"] for g in _study(synth_dir)["gsps"][:3]]
+    _, first = _segment(synth_dir, gsps, tmp_path, capsys)
+    files_before = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    _, second = _segment(synth_dir, gsps, tmp_path, capsys)
+    files_after = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert files_before == files_after
+    assert [s["seg_sop_instance_uid"] for s in first["segments"]] == [
+        s["seg_sop_instance_uid"] for s in second["segments"]]
+
+
+def test_a_bad_gsps_is_recorded_and_the_batch_goes_on(synth_dir, tmp_path, capsys):
+    study = _study(synth_dir)
+    not_a_gsps = sorted((synth_dir / study["ct_dir"]).glob("*.dcm"))[0]
+    good = synth_dir / _by_encoding(synth_dir, "agfa-arrow")["file"]
+    code, doc = _segment(synth_dir, [not_a_gsps, good], tmp_path, capsys)
+    assert code == 1
+    statuses = [s["status"] for s in doc["segments"]]
+    assert statuses.count("failed") == 1 and statuses.count("ok") == 1
+    failed = next(s for s in doc["segments"] if s["status"] == "failed")
+    assert not_a_gsps.name in failed["reason"] and "presentation state" in failed["reason"]
+    assert "SYNTH" not in json.dumps(doc)  # no patient names in output
+
+
+def test_missing_series_is_one_clear_error(tmp_path, capsys):
+    code = main(["segment", "--series", str(tmp_path / "nope"), "--gsps", str(tmp_path / "x.dcm"),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0]
