@@ -1,0 +1,109 @@
+"""End-to-end harvest throughput on the demo data, on CPU, with the share of time per stage.
+
+Synthetic studies (the demo's defaults) are served by Orthanc on loopback; the nightly flow runs
+on a temporary Prefect server with a SQLite catalog. Printed: studies per hour, seconds and share
+per stage (retrieve, parse, segment, SEG write, catalog), the pipeline's own overhead (all but
+transfer and model), and the ratio of the harvest's wall time to a peer measured in the same run:
+the same segmentation done by a plain loop over the local files (no PACS, no Prefect, no catalog).
+
+    .venv/bin/python bench/bench_pipeline.py [--studies 2] [--size 512] [--slices N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the Orthanc launcher lives with the tests
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def direct_peer(root: Path, manifest: dict, model: str) -> float:
+    """Seconds for the bare pipeline over local files: load, segment, write SEGs."""
+    from dicom_io.volume import load_series
+    from flows.pipeline import segment_series
+
+    t0 = time.perf_counter()
+    for study in manifest["studies"]:
+        volume = load_series(root / study["ct_dir"])
+        segment_series(volume, [root / g["file"] for g in study["gsps"]],
+                       root.parent / "direct" / study["name"], model)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--studies", type=int, default=2)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--slices", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--model", default="classical")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    os.environ["PREFECT_HOME"] = str(work / "prefect")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from pacs_peers import OrthancPeer
+    from prefect.testing.utilities import prefect_test_harness
+
+    from dicom_io.synth import make_studies
+    from flows.harvest import nightly_harvest
+    from flows.options import HarvestOptions
+
+    root = work / "studies"
+    manifest = json.loads(make_studies(root, args.studies, args.seed, size=args.size,
+                                       slices=args.slices).read_text())
+    dates = sorted(dt.datetime.strptime(s["study_date"], "%Y%m%d").date()
+                   for s in manifest["studies"])
+    store_port = _free_port()
+    peer = OrthancPeer(work / "orthanc", _free_port(), _free_port(), "SAM2CT", store_port).start()
+    try:
+        peer.upload(sorted(root.glob("study-*/ct/*.dcm")) + sorted(root.glob("study-*/gsps/*.dcm")))
+        opts = HarvestOptions(pacs=peer.address, store_port=store_port,
+                              catalog_url=f"sqlite:///{work / 'catalog.sqlite'}",
+                              staging_dir=work / "staging", output_dir=work / "seg",
+                              model=args.model)
+        with prefect_test_harness(server_startup_timeout=180):
+            t0 = time.perf_counter()
+            summary = nightly_harvest(dates[0], dates[-1], opts)
+            wall = time.perf_counter() - t0
+    finally:
+        peer.stop()
+    direct = direct_peer(root, manifest, args.model)
+    report(summary, wall, direct, args)
+
+
+def report(summary: dict, wall: float, direct: float, args: argparse.Namespace) -> None:
+    """Print throughput, per-stage shares and the overhead, and the ratio to the direct peer."""
+    stages = {k: summary["seconds"].get(k, 0.0)
+              for k in ("retrieve", "parse", "segment", "seg_write", "catalog")}
+    other = max(0.0, wall - sum(stages.values()))
+    print(f"studies {args.studies} ({args.size} px, model {args.model}), GSPS "
+          f"{summary['found']}, segments {summary['segmented']}, failed {summary['failed']}")
+    print(f"harvest wall {wall:.1f} s -> {3600 * args.studies / wall:.0f} studies/hour (CPU)")
+    for name, seconds in {**stages, "orchestration (Prefect, rest)": other}.items():
+        print(f"  {name:30s} {seconds:7.2f} s  {100 * seconds / wall:5.1f} %")
+    overhead = wall - stages["retrieve"] - stages["segment"]
+    print(f"pipeline overhead (all but transfer and model): {overhead:.1f} s = "
+          f"{100 * overhead / wall:.1f} % of wall (goal < 10 %)")
+    print(f"peer: plain loop over local files {direct:.1f} s; harvest / peer = "
+          f"{wall / direct:.2f}")
+
+
+if __name__ == "__main__":
+    main()

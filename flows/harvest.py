@@ -1,0 +1,336 @@
+"""The nightly harvest and the backfill: the business process, step by step.
+
+discover GSPS -> retrieve them -> parse -> retrieve the referenced CT series -> segment -> write
+SEG (-> optional C-STORE back) -> catalog -> run summary.
+
+The catalog is the source of truth: a GSPS already catalogued is skipped, a failure is recorded
+with its stage and retried by the next run (and marked resolved when the retry works). Every write
+is idempotent, so a run killed at any point is finished by running the same window again.
+
+Example
+-------
+>>> nightly_harvest(dt.date(2026, 1, 5), dt.date(2026, 1, 6), options)  # doctest: +SKIP
+>>> backfill(dt.date(2025, 1, 1), dt.date(2025, 12, 31), chunk_days=7)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import replace
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+from sqlalchemy import Engine, select
+
+from db import Recorder
+from db.models import HarvestRun
+from db.queries import recorded_presentation_states
+from db.records import FailureRecord, HarvestRunRecord, RunStatus, Stage
+from dicom_io.pacs import InstanceMatch, PacsError
+from flows.artifacts import Progress, RunSummary, publish_summary
+from flows.options import HarvestOptions, resolve_window, window_bounds
+from flows.segment_flow import SeriesJob, SeriesOutcome, catalog_engine, segment_batch
+from flows.settings import Settings
+from flows.tasks import (
+    GspsTarget,
+    discover,
+    ensure_pacs_limits,
+    parse_target,
+    retrieve_gsps,
+    retrieve_series,
+    storage_scp,
+    store_back,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Errors that fail one object but not the run (recorded in the catalog, retried next run).
+ITEM_ERRORS = (PacsError, OSError, ValueError)
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return flow_run.id
+
+
+class _Run:
+    """One window's bookkeeping: the catalog's run row, failures, the summary and progress."""
+
+    def __init__(self, opts: HarvestOptions, start: dt.date, end: dt.date) -> None:
+        self.opts = opts
+        self.engine: Engine = catalog_engine(opts.catalog)
+        self.recorder = Recorder(self.engine)
+        lo, hi = window_bounds(start, end)
+        # Runs are keyed by the PACS's AE title: its host or port may move, it stays the same PACS.
+        self.record = HarvestRunRecord(opts.pacs_aet, lo, hi, flow_run_id=_flow_run_id())
+        self.run_id = self.recorder.record_run(self.record)
+        self.summary = RunSummary(str(start), str(end), opts.pacs_aet)
+        self.progress = Progress()
+
+    def fail(self, stage: Stage, uid: str, exc: BaseException) -> None:
+        """Record a failed object (no patient data: messages name UIDs and the PACS only)."""
+        self.recorder.record_failure(FailureRecord(stage, uid, type(exc).__name__, str(exc),
+                                                   self.run_id))
+        self.summary.failed_by_stage[stage.value] += 1
+        logger.warning("%s failed for %s: %s", stage.value, uid, exc)
+
+    def resolve(self, stage: Stage, uid: str) -> None:
+        """The retry of a failed object worked."""
+        self.recorder.resolve_failure(stage, uid)
+
+    def finish(self, status: RunStatus) -> None:
+        """Write the run's final counts and status; publish the artifacts."""
+        s = self.summary
+        self.recorder.record_run(replace(
+            self.record, status=status, found=s.found, retrieved=s.retrieved_series,
+            segmented=s.segmented, failed=s.failed, finished_at=dt.datetime.now(dt.UTC)))
+        publish_summary(s)
+        self.progress.set(100.0, f"{status.value}: {s.segmented} segmented, {s.failed} failed")
+
+
+@flow(name="nightly-harvest", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def nightly_harvest(window_start: dt.date | None = None, window_end: dt.date | None = None,
+                    options: HarvestOptions | None = None) -> dict:
+    """Harvest the studies dated ``window_start..window_end`` (default: yesterday)."""
+    opts = options or HarvestOptions.from_settings(Settings())
+    start, end = resolve_window(window_start, window_end)
+    return harvest_window(opts, start, end).to_json()
+
+
+def harvest_window(opts: HarvestOptions, start: dt.date, end: dt.date) -> RunSummary:
+    """Run every stage over one window inside the current flow; return its summary."""
+    run = _Run(opts, start, end)
+    ensure_pacs_limits(opts)
+    status = RunStatus.FAILED
+    try:
+        with storage_scp(opts):
+            _stages(run, start, end)
+        status = RunStatus.COMPLETED
+    finally:
+        run.finish(status)
+    return run.summary
+
+
+def _stages(run: _Run, start: dt.date, end: dt.date) -> None:
+    opts, s = run.opts, run.summary
+    t0 = time.perf_counter()
+    try:
+        found = discover(opts, start, end)
+    except ITEM_ERRORS as exc:
+        run.fail(Stage.DISCOVER, f"window {start}..{end}", exc)
+        raise
+    run.resolve(Stage.DISCOVER, f"window {start}..{end}")
+    s.found = len(found)
+    done = recorded_presentation_states(run.engine, [g.sop_instance_uid for g in found])
+    todo = [g for g in found if g.sop_instance_uid not in done]
+    s.already_done = s.found - len(todo)
+    run.progress.set(10.0, f"{s.found} GSPS found, {len(todo)} to do")
+    staged = _retrieve_gsps(run, todo)
+    s.seconds["retrieve"] += time.perf_counter() - t0
+    t1 = time.perf_counter()
+    jobs = _jobs(run, staged)
+    s.seconds["parse"] += time.perf_counter() - t1
+    run.progress.set(30.0, f"{s.retrieved_gsps} GSPS retrieved, {len(jobs)} series referenced")
+    t2 = time.perf_counter()
+    jobs = _retrieve_series(run, jobs)
+    s.seconds["retrieve"] += time.perf_counter() - t2
+    run.progress.set(60.0, f"{s.retrieved_series} series retrieved")
+    for outcome in _segment(run, jobs):
+        _count(run, outcome)
+    if opts.store_back and s.seg_paths:
+        _store(run)
+
+
+def _retrieve_gsps(run: _Run, todo: list[InstanceMatch]) -> list[str]:
+    """Retrieve the GSPS to do, one task per PR series; failures recorded, the rest go on."""
+    groups: dict[tuple[str, str], list[InstanceMatch]] = defaultdict(list)
+    for g in todo:
+        groups[(g.study_instance_uid, g.series_instance_uid)].append(g)
+    futures = {key: retrieve_gsps.submit(run.opts, items) for key, items in groups.items()}
+    paths: list[str] = []
+    for (_, series_uid), future in futures.items():
+        try:
+            got = future.result()
+        except ITEM_ERRORS as exc:
+            run.fail(Stage.RETRIEVE, series_uid, exc)
+            continue
+        run.resolve(Stage.RETRIEVE, series_uid)
+        paths.extend(got)
+    run.summary.retrieved_gsps = len(paths)
+    return paths
+
+
+def _jobs(run: _Run, gsps_paths: list[str]) -> list[SeriesJob]:
+    """Group the staged GSPS by the CT series they reference (parse failures recorded)."""
+    by_series: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for path in gsps_paths:
+        try:
+            target: GspsTarget = parse_target(path)
+        except ITEM_ERRORS as exc:
+            run.fail(Stage.PARSE, path.rsplit("/", 1)[-1].removesuffix(".dcm"), exc)
+            continue
+        by_series[(target.study_instance_uid, target.series_instance_uid)].append(path)
+    return [SeriesJob(study_instance_uid=study, series_instance_uid=series, series_dir="",
+                      gsps_files=sorted(files))
+            for (study, series), files in sorted(by_series.items())]
+
+
+def _retrieve_series(run: _Run, jobs: list[SeriesJob]) -> list[SeriesJob]:
+    """Retrieve every referenced CT series in parallel (within the PACS limit)."""
+    futures = [(job, retrieve_series.submit(run.opts, job.study_instance_uid,
+                                            job.series_instance_uid)) for job in jobs]
+    ready = []
+    for job, future in futures:
+        try:
+            folder = future.result()
+        except ITEM_ERRORS as exc:
+            run.fail(Stage.RETRIEVE, job.series_instance_uid, exc)
+            continue
+        run.resolve(Stage.RETRIEVE, job.series_instance_uid)
+        ready.append(job.model_copy(update={"series_dir": folder}))
+    run.summary.retrieved_series = len(ready)
+    return ready
+
+
+def _batches(jobs: list[SeriesJob], size: int) -> Iterator[list[SeriesJob]]:
+    for i in range(0, len(jobs), size):
+        yield jobs[i:i + size]
+
+
+def _segment(run: _Run, jobs: list[SeriesJob]) -> Iterator[SeriesOutcome]:
+    """Segment in batches: on the GPU pool's deployment when configured, else in-process."""
+    opts = run.opts
+    done = 0
+    for batch in _batches(jobs, opts.batch_size):
+        params = {"series": batch, "catalog_url": opts.catalog_url,
+                  "output_dir": str(opts.output_dir), "model": opts.model,
+                  "device": opts.device, "run_id": run.run_id}
+        if opts.segment_deployment:
+            yield from _segment_remote(run, batch, params)
+        else:
+            yield from segment_batch(**params)
+        done += len(batch)
+        run.progress.set(60.0 + 35.0 * done / max(1, len(jobs)),
+                         f"{done}/{len(jobs)} series segmented")
+
+
+def _segment_remote(run: _Run, batch: list[SeriesJob], params: dict) -> list[SeriesOutcome]:
+    """Run one batch on the segment deployment (GPU pool); read its outcomes from the catalog."""
+    from prefect.deployments import run_deployment
+
+    # the worker reads the catalog URL from its own SAM2CT_DATABASE_URL: no password in the API
+    params = {**params, "series": [job.model_dump() for job in batch], "catalog_url": None}
+    flow_run = run_deployment(run.opts.segment_deployment, parameters=params, timeout=None)
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        error = RuntimeError(f"segment deployment run {flow_run.id} ended "
+                             f"{state.name if state else 'without a state'}")
+        for job in batch:
+            run.fail(Stage.SEGMENT, job.series_instance_uid, error)
+        return []
+    return [outcome_from_catalog(run.engine, job) for job in batch]
+
+
+def outcome_from_catalog(engine: Engine, job: SeriesJob) -> SeriesOutcome:
+    """What the catalog holds for one series: the source of truth when segmenting ran elsewhere."""
+    from db.models import Failure, Segmentation, Series
+
+    outcome = SeriesOutcome(series_instance_uid=job.series_instance_uid)
+    stmt = (select(Segmentation.status, Segmentation.seg_path, Segmentation.preview_path)
+            .join(Series, Segmentation.series_id == Series.id)
+            .where(Series.series_instance_uid == job.series_instance_uid))
+    failed = (select(Failure.stage, Failure.message)
+              .where(Failure.object_uid == job.series_instance_uid,
+                     Failure.resolved_at.is_(None)))
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+        failure = conn.execute(failed).first()
+    if failure is not None:
+        outcome.failed_stage = str(getattr(failure[0], "value", failure[0]))
+        outcome.message = failure[1]
+    for status, _, preview in rows:
+        if str(getattr(status, "value", status)) == "ok":
+            outcome.ok += 1
+        else:
+            outcome.failed += 1
+        if preview:
+            outcome.preview_paths.append(preview)
+    outcome.seg_paths = sorted({p for _, p, _ in rows if p})
+    return outcome
+
+
+def _count(run: _Run, outcome: SeriesOutcome) -> None:
+    s = run.summary
+    if outcome.parse_failures:
+        s.failed_by_stage["parse"] += outcome.parse_failures
+    if outcome.failed_stage:
+        s.failed_by_stage[outcome.failed_stage] += 1
+        return
+    s.segmented += outcome.ok
+    s.failed_segments += outcome.failed
+    s.skipped_annotations += outcome.skipped
+    s.seg_paths += outcome.seg_paths
+    s.previews += outcome.preview_paths
+    s.warning = s.warning or outcome.warning
+    for stage, seconds in outcome.seconds.items():
+        s.seconds[stage] += seconds
+
+
+def _store(run: _Run) -> None:
+    try:
+        store_back(run.opts, run.summary.seg_paths)
+    except ITEM_ERRORS as exc:
+        run.fail(Stage.STORE, f"window {run.summary.window_start}..{run.summary.window_end}", exc)
+
+
+# --- backfill ---------------------------------------------------------------------------------
+
+def windows(start: dt.date, end: dt.date, chunk_days: int) -> list[tuple[dt.date, dt.date]]:
+    """Consecutive inclusive windows of ``chunk_days`` covering ``start..end``, in order."""
+    if chunk_days < 1:
+        raise ValueError(f"Invalid 'chunk_days' value {chunk_days} - must be at least 1")
+    if end < start:
+        raise ValueError(f"Invalid backfill range {start}..{end} - end before start")
+    out = []
+    while start <= end:
+        last = min(end, start + dt.timedelta(days=chunk_days - 1))
+        out.append((start, last))
+        start = last + dt.timedelta(days=1)
+    return out
+
+
+def completed_windows(engine: Engine, pacs_aet: str) -> set[tuple[dt.datetime, dt.datetime]]:
+    """Windows of PACS ``pacs_aet`` whose run completed without failure (backfill skips them)."""
+    stmt = select(HarvestRun.window_start, HarvestRun.window_end).where(
+        HarvestRun.pacs == pacs_aet, HarvestRun.status == RunStatus.COMPLETED,
+        HarvestRun.failed == 0)
+    with engine.connect() as conn:
+        return {(_utc(a), _utc(b)) for a, b in conn.execute(stmt)}
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+@flow(name="backfill")
+def backfill(start: dt.date, end: dt.date, chunk_days: int = 7,
+             options: HarvestOptions | None = None) -> list[dict]:
+    """Harvest ``start..end`` window by window, oldest first; completed windows are skipped.
+
+    Each window is a ``nightly-harvest`` subflow under the same PACS limits, so stopping the
+    backfill and starting it again resumes at the first window not completed cleanly.
+    """
+    opts = options or HarvestOptions.from_settings(Settings())
+    done = completed_windows(catalog_engine(opts.catalog), opts.pacs_aet)
+    results = []
+    for lo, hi in windows(start, end, chunk_days):
+        if window_bounds(lo, hi) in done:
+            logger.info("window %s..%s already harvested; skipped", lo, hi)
+            continue
+        results.append(nightly_harvest(lo, hi, opts))
+    return results

@@ -1,0 +1,117 @@
+"""Deployment files, flow parameters and the harvest CLI's argument checks (no Prefect server)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import build_parser, main
+from flows.harvest import windows
+from flows.options import HarvestOptions, resolve_window, window_bounds
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _options(**kw) -> HarvestOptions:
+    base = {"pacs": "ORTHANC@127.0.0.1:4242", "catalog_url": "sqlite:///c.sqlite",
+            "staging_dir": "staging", "output_dir": "seg"}
+    return HarvestOptions(**{**base, **kw})
+
+
+def test_prefect_yaml_names_pools_schedule_and_entrypoints():
+    doc = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in doc["deployments"]}
+    nightly = by_name["nightly-harvest"]
+    assert nightly["schedules"][0]["cron"] == "0 1 * * *"
+    assert "timezone" in nightly["schedules"][0]
+    assert nightly["concurrency_limit"] == 1
+    assert nightly["work_pool"]["name"] == "cpu"
+    assert by_name["segment"]["work_pool"]["name"] == "gpu"
+    assert by_name["backfill"]["concurrency_limit"] == 1
+    entry = {d["name"]: d["entrypoint"] for d in doc["deployments"]}
+    assert entry == {"nightly-harvest": "flows/harvest.py:nightly_harvest",
+                     "backfill": "flows/harvest.py:backfill",
+                     "segment": "flows/segment_flow.py:segment_batch",
+                     "export": "flows/export_flow.py:export_dataset"}
+    for target in entry.values():  # every entrypoint names a flow that exists
+        path, name = target.split(":")
+        module = __import__(path.removesuffix(".py").replace("/", "."), fromlist=[name])
+        assert hasattr(getattr(module, name), "fn"), f"{target} is not a Prefect flow"
+
+
+def test_docker_compose_config_validates():
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose (Debian package docker-compose) is not installed")
+    env = {**os.environ, "CATALOG_DB_PASSWORD": "test-only", "PREFECT_DB_PASSWORD": "test-only"}
+    out = subprocess.run([exe, "-f", str(REPO / "deploy" / "docker-compose.yml"), "config", "-q"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    no_secret = {k: v for k, v in env.items() if k != "CATALOG_DB_PASSWORD"}
+    missing = subprocess.run([exe, "-f", str(REPO / "deploy" / "docker-compose.yml"), "config",
+                              "-q"], capture_output=True, text=True, env=no_secret, timeout=60)
+    assert missing.returncode != 0  # the password must come from the environment
+
+
+def test_windows_cover_range_in_order_without_overlap():
+    got = windows(dt.date(2026, 1, 1), dt.date(2026, 1, 10), 4)
+    assert got == [(dt.date(2026, 1, 1), dt.date(2026, 1, 4)),
+                   (dt.date(2026, 1, 5), dt.date(2026, 1, 8)),
+                   (dt.date(2026, 1, 9), dt.date(2026, 1, 10))]
+    assert windows(dt.date(2026, 1, 1), dt.date(2026, 1, 1), 7) == [(dt.date(2026, 1, 1),) * 2]
+    with pytest.raises(ValueError, match="chunk_days"):
+        windows(dt.date(2026, 1, 1), dt.date(2026, 1, 2), 0)
+    with pytest.raises(ValueError, match="end before start"):
+        windows(dt.date(2026, 1, 2), dt.date(2026, 1, 1), 1)
+
+
+def test_window_defaults_to_yesterday_and_bounds_are_half_open():
+    assert resolve_window(None, None, today=dt.date(2026, 3, 1)) == (dt.date(2026, 2, 28),) * 2
+    assert resolve_window(dt.date(2026, 1, 5), None) == (dt.date(2026, 1, 5),) * 2
+    lo, hi = window_bounds(dt.date(2026, 1, 5), dt.date(2026, 1, 6))
+    assert (hi - lo) == dt.timedelta(days=2) and lo.tzinfo is not None
+    with pytest.raises(ValueError, match="end before start"):
+        resolve_window(dt.date(2026, 1, 6), dt.date(2026, 1, 5))
+
+
+def test_options_validate_bounds_and_pacs_address():
+    opts = _options(max_associations=3)
+    assert opts.pacs_settings().max_associations == 3 and opts.pacs_aet == "ORTHANC"
+    with pytest.raises(ValueError, match="max_associations"):
+        _options(max_associations=0)
+    with pytest.raises(ValueError, match="AET@host:port"):
+        _options(pacs="not-an-address")
+    with pytest.raises(ValueError, match="lease_seconds"):
+        _options(lease_seconds=5)
+
+
+def test_options_from_settings_need_a_pacs(tmp_path):
+    from flows.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, pacs=None)
+    with pytest.raises(ValueError, match="SAM2CT_PACS"):
+        HarvestOptions.from_settings(settings)
+    opts = HarvestOptions.from_settings(settings, pacs="PACS@h:104", model="classical")
+    assert opts.staging_dir == tmp_path / "staging" and opts.model == "classical"
+
+
+def test_cli_registers_harvest_and_backfill():
+    args = build_parser().parse_args(["backfill", "--from", "2026-01-01", "--to", "2026-01-31",
+                                      "--chunk-days", "3", "--pacs", "P@h:104"])
+    assert args.command == "backfill" and args.chunk_days == 3
+    assert args.start == dt.date(2026, 1, 1)
+    args = build_parser().parse_args(["harvest", "--from", "2026-01-01", "--to", "2026-01-02"])
+    assert args.func.__name__ == "run_harvest"
+
+
+def test_cli_rejects_reversed_window_in_one_line(capsys):
+    code = main(["harvest", "--from", "2026-01-05", "--to", "2026-01-01", "--pacs", "P@h:104"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "before --from" in err[0]

@@ -1,0 +1,312 @@
+"""The harvest flows end to end: real Orthanc, real PostgreSQL, a real (temporary) Prefect server.
+
+One Prefect test harness for the whole module (it is slow to start). Synthetic studies are loaded
+into Orthanc; the nightly flow harvests a window of them into SEGs and the catalog.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import REPO, dciodvfy_errors, free_port
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+
+pytestmark = pytest.mark.slow
+
+WINDOW = (dt.date(2026, 1, 5), dt.date(2026, 1, 7))  # studies 1-3; study 4 (01-08) lies outside
+KILL_WINDOW = (dt.date(2026, 1, 5), dt.date(2026, 1, 5))  # study 1 only: a shorter run
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    """A temporary Prefect server (PREFECT_HOME in a temp folder), shared by this module."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        from prefect.settings import PREFECT_API_URL
+
+        yield PREFECT_API_URL.value()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> dict:
+    from dicom_io.synth import make_studies
+
+    out = tmp_path_factory.mktemp("studies")
+    manifest = json.loads(make_studies(out, studies=4, seed=11, size=96, slices=24).read_text())
+    manifest["root"] = out
+    for study in manifest["studies"]:  # every third GSPS (4 of 10, all kinds): a quicker run
+        study["gsps"] = study["gsps"][::3]
+    manifest["orphan"] = _orphan_gsps(out, manifest["studies"][3])
+    return manifest
+
+
+def _orphan_gsps(out: Path, study: dict) -> dict:
+    """A GSPS of study 4 drawn on a series the PACS does not hold: an explained failure."""
+    ds = pydicom.dcmread(out / study["gsps"][0]["file"])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.ReferencedSeriesSequence[0].SeriesInstanceUID = generate_uid()
+    path = out / "orphan.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return {"file": "orphan.dcm", "sop_instance_uid": ds.SOPInstanceUID}
+
+
+@pytest.fixture(scope="module")
+def store_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory, studies, store_port):
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc (Debian package orthanc) is not installed")
+    from pacs_peers import OrthancPeer
+
+    class VerboseOrthanc(OrthancPeer):
+        def start(self):  # as OrthancPeer.start, with --verbose: associations are logged
+            from pacs_peers import _wait_port
+
+            self.folder.mkdir(parents=True, exist_ok=True)
+            cfg = self.folder / "orthanc.json"
+            cfg.write_text(json.dumps(self.config(), indent=1))
+            self.log = self.folder / "orthanc.log"
+            self.proc = subprocess.Popen(["Orthanc", "--verbose", str(cfg)],
+                                         stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                         cwd=self.folder)
+            _wait_port(self.http_port, self.proc, self.log)
+            _wait_port(self.dicom_port, self.proc, self.log)
+            return self
+
+    peer = VerboseOrthanc(tmp_path_factory.mktemp("orthanc"), free_port(), free_port(),
+                          "SAM2CT", store_port).start()
+    root: Path = studies["root"]
+    peer.upload(sorted(root.glob("study-*/ct/*.dcm")) + [root / "orphan.dcm"]
+                + [root / g["file"] for s in studies["studies"] for g in s["gsps"]])
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture()
+def pg_url():
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    import psycopg
+
+    name = f"flows_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True)
+    except psycopg.OperationalError as e:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    from flows.segment_flow import catalog_engine
+
+    catalog_engine.cache_clear()
+    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def _options(tmp: Path, orthanc, store_port: int, catalog: str, **kw):
+    from flows.options import HarvestOptions
+
+    return HarvestOptions(pacs=orthanc.address, ae_title="SAM2CT", store_port=store_port,
+                          catalog_url=catalog, staging_dir=tmp / "staging",
+                          output_dir=tmp / "seg", model="classical", **kw)
+
+
+def _files(*folders: Path) -> set[Path]:
+    return {p for f in folders for p in f.rglob("*") if p.is_file()}
+
+
+def _window_gsps(studies: dict, window=WINDOW) -> dict[str, str]:
+    """GSPS SOP Instance UID -> study name, for the studies dated inside ``window``."""
+    lo, hi = (d.strftime("%Y%m%d") for d in window)
+    return {g["sop_instance_uid"]: s["name"] for s in studies["studies"]
+            if lo <= s["study_date"] <= hi for g in s["gsps"]}
+
+
+def peak_associations(log: str, calling_aet: str = "SAM2CT") -> int:
+    """Most associations from ``calling_aet`` open at once, from Orthanc's --verbose log lines."""
+    open_now = peak = 0
+    for line in log.splitlines():
+        if f"Association Received from AET {calling_aet} " in line:
+            open_now += 1
+            peak = max(peak, open_now)
+        elif f"Finishing association with AET {calling_aet} " in line:
+            open_now -= 1
+    return peak
+
+
+def _check_catalog(engine, studies: dict, window=WINDOW) -> dict[str, int]:
+    """Every GSPS of the window is catalogued, every annotation a segment or explained."""
+    from db.models import Annotation, PresentationState, Segmentation
+
+    expected = _window_gsps(studies, window)
+    with engine.connect() as conn:
+        ps = set(conn.execute(select(PresentationState.sop_instance_uid)).scalars())
+        anns = conn.execute(select(Annotation.id, Annotation.skip_reason)).all()
+        segs = conn.execute(select(Segmentation.annotation_id, Segmentation.status,
+                                   Segmentation.reason, Segmentation.seg_path)).all()
+    assert ps == set(expected), "catalogued GSPS differ from the window's GSPS"
+    by_ann = {a: (status, reason, path) for a, status, reason, path in segs}
+    for ann_id, skip in anns:
+        if ann_id in by_ann:
+            status, reason, path = by_ann[ann_id]
+            status = getattr(status, "value", status)
+            assert status == "ok" and Path(path).is_file() or reason, (ann_id, status)
+        else:
+            assert skip, f"annotation {ann_id} has neither a segmentation nor a skip reason"
+    return Counter(getattr(s, "value", s) for _, s, _, _ in segs)
+
+
+def test_nightly_harvest_end_to_end_with_limit_and_rerun(harness, orthanc, studies, store_port,
+                                                         pg_url, tmp_path):
+    from db import open_catalog
+    from db.queries import open_failures, table_counts
+    from flows.harvest import backfill, nightly_harvest, outcome_from_catalog
+    from flows.segment_flow import SeriesJob
+
+    opts = _options(tmp_path, orthanc, store_port, pg_url, max_associations=2)
+    offset = orthanc.log.stat().st_size
+    t0 = time.perf_counter()
+    summary = nightly_harvest(*WINDOW, opts)
+    with orthanc.log.open() as fh:
+        fh.seek(offset)
+        log = fh.read()
+    peak = peak_associations(log)
+    print(f"\nfirst run {time.perf_counter() - t0:.1f} s, peak associations {peak} "
+          f"({log.count('Association Received from AET SAM2CT')} in all), "
+          f"stages {summary['seconds']}")
+    assert 1 <= peak <= 2, f"Orthanc saw {peak} simultaneous associations from us (limit 2)"
+
+    engine = open_catalog(pg_url)
+    assert summary["found"] == len(_window_gsps(studies)) == 12
+    assert summary["failed_by_stage"] == {}
+    statuses = _check_catalog(engine, studies)
+    assert statuses["ok"] == summary["segmented"] > 0
+    segs = sorted((tmp_path / "seg").rglob("*.dcm"))
+    assert segs and len(segs) == len(set(summary["seg_paths"]))
+    t0 = time.perf_counter()
+    for seg in segs:
+        assert dciodvfy_errors(seg) == [], seg.name
+    print(f"dciodvfy {len(segs)} SEGs {time.perf_counter() - t0:.1f} s")
+    assert summary["previews"] and all(Path(p).is_file() for p in summary["previews"])
+
+    # what a remote (GPU pool) batch reports back: read from the catalog, the same counts
+    jobs = [SeriesJob(study_instance_uid=st["study_instance_uid"],
+                      series_instance_uid=st["series_instance_uid"], series_dir="",
+                      gsps_files=["x"]) for st in studies["studies"][:3]]
+    assert sum(outcome_from_catalog(engine, j).ok for j in jobs) == summary["segmented"]
+
+    counts, files = table_counts(engine), _files(tmp_path / "staging", tmp_path / "seg")
+    t0 = time.perf_counter()
+    again = nightly_harvest(*WINDOW, opts)
+    print(f"re-run {time.perf_counter() - t0:.1f} s")
+    assert again["already_done"] == again["found"] == summary["found"]
+    assert again["segmented"] == 0 and again["retrieved_series"] == 0
+    assert table_counts(engine) == counts, "re-running the window added catalog rows"
+    assert _files(tmp_path / "staging", tmp_path / "seg") == files, "re-running added files"
+
+    # backfill: the window above is complete and skipped; the next one (study 4 and a GSPS on a
+    # series the PACS lacks) is harvested, the orphan catalogued as an explained failure ...
+    end = WINDOW[1] + dt.timedelta(days=3)
+    first = backfill(WINDOW[0], end, chunk_days=3, options=opts)
+    assert [(r["window_start"], r["found"], r["segmented"]) for r in first] == [
+        ("2026-01-08", 5, 4)]
+    assert first[0]["failed_by_stage"] == {"retrieve": 1}
+    failures = open_failures(engine)
+    assert list(failures["stage"]) == ["retrieve"] and "holds no instance" in failures.iloc[0][
+        "message"]
+    # ... so that window is not complete: the next backfill retries only the failed item
+    second = backfill(WINDOW[0], end, 3, opts)
+    assert [(r["already_done"], r["segmented"]) for r in second] == [(4, 0)]
+    assert open_failures(engine).iloc[0]["attempts"] == 2
+
+
+def test_killed_run_is_finished_by_rerun_without_duplicates(harness, orthanc, studies,
+                                                            store_port, pg_url, tmp_path):
+    from db import open_catalog
+    from db.models import PresentationState, Segmentation
+    from flows.harvest import nightly_harvest
+    from flows.tasks import limit_names
+
+    env = {**os.environ, "PREFECT_API_URL": harness, "SAM2CT_DATA_DIR": str(tmp_path / "data"),
+           "SAM2CT_MODEL": "classical", "SAM2CT_AE_TITLE": "SAM2CT",
+           "SAM2CT_STORE_PORT": str(store_port)}
+    cmd = [sys.executable, "-m", "flows", "harvest", "--from", str(KILL_WINDOW[0]), "--to",
+           str(KILL_WINDOW[1]), "--pacs", orthanc.address, "--catalog", pg_url, "--staging",
+           str(tmp_path / "staging"), "--out", str(tmp_path / "seg")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "seg").rglob("*.dcm")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the harvest ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # in the middle: some SEGs written, most not
+    proc.wait(10)
+    with open_catalog(pg_url).connect() as conn:
+        before = conn.execute(select(func.count()).select_from(PresentationState)).scalar_one()
+    assert before < len(_window_gsps(studies, KILL_WINDOW)), "the run ended before the kill"
+    _release_stale_slots(limit_names(orthanc.aet)[0])
+
+    summary = nightly_harvest(*KILL_WINDOW, _options(tmp_path, orthanc, store_port, pg_url,
+                                                     store_back=True))
+    assert summary["failed_by_stage"] == {}
+    engine = open_catalog(pg_url)
+    _check_catalog(engine, studies, KILL_WINDOW)  # nothing missing
+    with engine.connect() as conn:
+        seg_uids = conn.execute(select(Segmentation.seg_sop_instance_uid,
+                                       func.count(func.distinct(Segmentation.seg_path)))
+                                .group_by(Segmentation.seg_sop_instance_uid)).all()
+    assert all(n == 1 for _, n in seg_uids)
+    files = sorted((tmp_path / "seg").rglob("*.dcm"))
+    assert len(files) == len({u for u, _ in seg_uids if u}), "a SEG file is duplicated"
+    for path in files:  # written to a temp name and renamed: no SEG is ever half-written
+        assert pydicom.dcmread(path, stop_before_pixels=True).Modality == "SEG"
+    # the re-run stored the SEGs it made back to the PACS (C-STORE, store_back=True)
+    stored = orthanc.rest("/tools/find", json.dumps(
+        {"Level": "Instance", "Query": {"Modality": "SEG"}}).encode(), "POST")
+    assert len(stored) == len(summary["seg_paths"]) > 0
+
+
+def _release_stale_slots(name: str) -> None:
+    """What an operator (or Prefect's lease expiry, after >= 60 s) does for a killed process."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+
+
+def test_peak_associations_counts_overlaps_from_orthanc_log_lines():
+    log = "\n".join([
+        "I1 CommandDispatcher.cpp:333] (dicom) Association Received from AET SAM2CT on IP x",
+        "I2 CommandDispatcher.cpp:333] (dicom) Association Received from AET SAM2CT on IP x",
+        "I3 CommandDispatcher.cpp:333] (dicom) Association Received from AET OTHER on IP x",
+        "I4 CommandDispatcher.cpp:929] (dicom) Finishing association with AET SAM2CT on IP x",
+        "I5 CommandDispatcher.cpp:333] (dicom) Association Received from AET SAM2CT on IP x",
+        "I6 CommandDispatcher.cpp:333] (dicom) Association Received from AET SAM2CT on IP x",
+    ])
+    assert peak_associations(log) == 3
+    assert peak_associations(log, "OTHER") == 1
