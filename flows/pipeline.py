@@ -9,16 +9,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dicom_io.errors import DicomInputError
-from dicom_io.gsps import Annotation, AnnotationKind, locate, read_gsps
+from dicom_io.gsps import (
+    Annotation,
+    AnnotationKind,
+    annotations_of,
+    locate,
+    read_presentation_state,
+)
 from dicom_io.seg import AlgorithmSpec, SegmentSpec, render_preview, write_seg
 from dicom_io.volume import Volume
-from sam2ct.metrics import long_axis_mm
+from sam2ct.geometry import long_axis_mm, longest_chord, longest_perpendicular
 from sam2ct.prompts import Prompt, PromptKind
 from sam2ct.registry import choose_segmenter
 from sam2ct.segmenter import Segmenter
@@ -44,6 +50,7 @@ class SegmentResult:
     gsps_sop_instance_uid: str
     annotation_index: int
     kind: str
+    gsps_file: str | None = None
     slice_index: int | None = None
     status: str = "ok"  # ok | skipped | failed
     reason: str | None = None
@@ -54,12 +61,31 @@ class SegmentResult:
     voxels: int = 0
     volume_ml: float = 0.0
     long_axis_mm: float = 0.0
+    short_axis_mm: float = 0.0
+    bbox: tuple[int, int, int, int, int, int] | None = None  # slice0,row0,col0, slice1,row1,col1
+    mean_hu: float | None = None
     length_mm: float | None = None
     seconds: float = 0.0
 
     def to_json(self) -> dict:
         """The JSON summary printed by `sam2ct segment`."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ParsedGsps:
+    """One GSPS file and the annotations read from it (each file is parsed once)."""
+
+    path: Path
+    sop_instance_uid: str
+    annotations: tuple[Annotation, ...]
+
+
+def parse_gsps(path: Path) -> ParsedGsps:
+    """Read one presentation state; DicomInputError (naming the file) when it is not one."""
+    path = Path(path)
+    ds = read_presentation_state(path)
+    return ParsedGsps(path, str(ds.SOPInstanceUID), tuple(annotations_of(ds, path)))
 
 
 @dataclass
@@ -70,24 +96,15 @@ class PromptedAnnotation:
     prompt: Prompt
 
 
-@dataclass
-class SeriesJob:
-    """Everything needed to segment one series: its volume and the GSPS files drawn on it."""
-
-    volume: Volume
-    gsps_files: Sequence[Path]
-    results: list[SegmentResult] = field(default_factory=list)
-
-
-def annotations_to_prompts(volume: Volume, gsps_file: Path) -> tuple[list[PromptedAnnotation],
-                                                                      list[SegmentResult]]:
-    """Parse one GSPS and turn its usable annotations into prompts on ``volume``.
+def annotations_to_prompts(volume: Volume, parsed: ParsedGsps) -> tuple[list[PromptedAnnotation],
+                                                                       list[SegmentResult]]:
+    """Turn the usable annotations of one parsed GSPS into prompts on ``volume``.
 
     Returns the prompts and the recorded skips (unusable annotations, text-only ones excluded).
     """
     prompted: list[PromptedAnnotation] = []
     skips: list[SegmentResult] = []
-    for ann in read_gsps(gsps_file):
+    for ann in parsed.annotations:
         if ann.kind == AnnotationKind.TEXT and ann.skip_reason is None:
             continue
         located = locate(ann, volume)
@@ -96,7 +113,8 @@ def annotations_to_prompts(volume: Volume, gsps_file: Path) -> tuple[list[Prompt
             reason = f"annotation kind '{ann.kind.value}' is not a usable prompt"
         if reason is not None:
             skips.append(SegmentResult(ann.gsps_sop_instance_uid, ann.index, ann.kind.value,
-                                       status="skipped", reason=reason))
+                                       gsps_file=str(parsed.path), status="skipped",
+                                       reason=reason))
             continue
         prompt = Prompt(_PROMPT_KIND[ann.kind], located.slice_index, located.points_voxel,
                         identifier=f"{ann.gsps_sop_instance_uid}#{ann.index}")
@@ -117,10 +135,10 @@ def algorithm_of(segmenter: Segmenter, warning: str | None) -> AlgorithmSpec:
                          checkpoint_sha256=segmenter.checkpoint_sha256, note=warning)
 
 
-def segment_gsps(volume: Volume, gsps_file: Path, segmenter: Segmenter, algorithm: AlgorithmSpec,
-                 out_dir: Path) -> list[SegmentResult]:
+def segment_gsps(volume: Volume, parsed: ParsedGsps, segmenter: Segmenter,
+                 algorithm: AlgorithmSpec, out_dir: Path) -> list[SegmentResult]:
     """Segment every usable annotation of one GSPS and write them as one SEG with previews."""
-    prompted, results = annotations_to_prompts(volume, gsps_file)
+    prompted, results = annotations_to_prompts(volume, parsed)
     if not prompted:
         return results
     started = time.perf_counter()
@@ -130,8 +148,8 @@ def segment_gsps(volume: Volume, gsps_file: Path, segmenter: Segmenter, algorith
     for item, mask in zip(prompted, masks, strict=True):
         ann = item.annotation
         result = SegmentResult(ann.gsps_sop_instance_uid, ann.index, ann.kind.value,
-                               slice_index=item.prompt.slice_index, length_mm=ann.length_mm,
-                               seconds=round(seconds, 3))
+                               gsps_file=str(parsed.path), slice_index=item.prompt.slice_index,
+                               length_mm=ann.length_mm, seconds=round(seconds, 3))
         if not mask.any():
             result.status, result.reason = "failed", "the model returned an empty mask"
             results.append(result)
@@ -145,10 +163,20 @@ def segment_gsps(volume: Volume, gsps_file: Path, segmenter: Segmenter, algorith
 
 
 def _measure(result: SegmentResult, mask: np.ndarray, volume: Volume) -> None:
+    """Volume, long axis (longest axial diameter), short axis (perpendicular, on the slice of
+    largest area), bounding box and mean HU of a mask."""
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     result.voxels = int(mask.sum())
     result.volume_ml = round(result.voxels * voxel_ml, 3)
-    result.long_axis_mm = round(float(long_axis_mm(mask, volume.spacing)), 2)
+    largest = mask[int(np.argmax(mask.sum(axis=(1, 2))))]
+    in_plane = volume.spacing[1:]
+    axis = longest_chord(largest, in_plane)
+    result.long_axis_mm = round(long_axis_mm(mask, volume.spacing), 2)
+    result.short_axis_mm = round(longest_perpendicular(largest, in_plane, axis).length_mm, 2)
+    where = np.argwhere(mask)
+    lo, hi = where.min(axis=0), where.max(axis=0)
+    result.bbox = (*map(int, lo), *map(int, hi))  # type: ignore[assignment]
+    result.mean_hu = round(float(volume.array[mask].mean()), 1)
 
 
 def _write_outputs(volume: Volume, kept: list, algorithm: AlgorithmSpec, out_dir: Path) -> None:
@@ -169,21 +197,34 @@ def _write_outputs(volume: Volume, kept: list, algorithm: AlgorithmSpec, out_dir
         result.preview_path = str(png)
 
 
+@dataclass
+class SeriesRun:
+    """What segmenting one series gave: the parsed GSPS, per-prompt results, the algorithm."""
+
+    parsed: list[ParsedGsps]
+    results: list[SegmentResult]
+    algorithm: AlgorithmSpec
+    warning: str | None
+
+
 def segment_series(volume: Volume, gsps_files: Sequence[Path], out_dir: Path, model: str = "auto",
-                   device: str | None = None) -> tuple[list[SegmentResult], str | None]:
+                   device: str | None = None) -> SeriesRun:
     """Segment a series from all its GSPS files; a bad GSPS is recorded, the batch goes on.
 
-    Returns the per-prompt results and the fallback warning (None when SAM2CT ran).
+    ``warning`` is the fallback warning (None when SAM2CT ran).
     """
     choice = choose_segmenter(model, device=device)
     algorithm = algorithm_of(choice.segmenter, choice.warning)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[SegmentResult] = []
-    for gsps_file in gsps_files:
+    run = SeriesRun([], [], algorithm, choice.warning)
+    for gsps_file in map(Path, gsps_files):
         try:
-            results.extend(segment_gsps(volume, Path(gsps_file), choice.segmenter, algorithm,
-                                        out_dir))
+            parsed = parse_gsps(gsps_file)
         except DicomInputError as exc:
             log.warning("%s", exc)
-            results.append(SegmentResult("", -1, "gsps", status="failed", reason=str(exc)))
-    return results, choice.warning
+            run.results.append(SegmentResult("", -1, "gsps", gsps_file=str(gsps_file),
+                                             status="failed", reason=str(exc)))
+            continue
+        run.parsed.append(parsed)
+        run.results.extend(segment_gsps(volume, parsed, choice.segmenter, algorithm, out_dir))
+    return run

@@ -7,7 +7,6 @@ with the reason), an unusable one with its skip reason, so nothing drawn is sile
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
@@ -25,18 +24,9 @@ from db.records import (
 from dicom_io.gsps import Annotation, AnnotationKind, locate
 from dicom_io.seg import AlgorithmSpec
 from dicom_io.volume import Volume
-from flows.pipeline import SegmentResult
+from flows.pipeline import ParsedGsps, SegmentResult
 
 TEXT_ONLY = "text annotation: not a prompt"
-
-
-@dataclass(frozen=True)
-class ParsedGsps:
-    """One GSPS file and the annotations read from it."""
-
-    path: Path
-    sop_instance_uid: str
-    annotations: tuple[Annotation, ...]
 
 
 def _study_date(value: str) -> date | None:
@@ -84,7 +74,8 @@ def segmentation_record(r: SegmentResult, algorithm: AlgorithmSpec) -> Segmentat
         algorithm.checkpoint_sha256 or "",
         SegStatus.OK if r.status == "ok" else SegStatus.FAILED,
         r.seg_sop_instance_uid, r.segment_number, r.seg_path, r.voxels, r.volume_ml,
-        r.long_axis_mm or None, preview_path=r.preview_path, reason=r.reason)
+        r.long_axis_mm or None, r.short_axis_mm or None, r.bbox, r.mean_hu,
+        preview_path=r.preview_path, reason=r.reason)
 
 
 def build_series_results(volume: Volume, series_dir: Path, parsed: Sequence[ParsedGsps],

@@ -32,10 +32,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from db import Recorder, open_catalog
 from db.records import FailureRecord, Stage
 from dicom_io.errors import DicomInputError
-from dicom_io.gsps import read_gsps
 from dicom_io.volume import load_series
-from flows.pipeline import algorithm_of, segment_gsps
-from flows.recording import ParsedGsps, build_series_results
+from flows.pipeline import ParsedGsps, algorithm_of, parse_gsps, segment_gsps
+from flows.recording import build_series_results
 from sam2ct.registry import Choice, choose_segmenter
 
 logger = logging.getLogger(__name__)
@@ -93,22 +92,12 @@ def _parse(job: SeriesJob, recorder: Recorder, run_id: int | None,
     for name in job.gsps_files:
         path = Path(name)
         try:
-            annotations = read_gsps(path)
+            parsed.append(parse_gsps(path))
         except DicomInputError as exc:
             recorder.record_failure(FailureRecord(Stage.PARSE, path.stem, type(exc).__name__,
                                                   str(exc), run_id))
             outcome.parse_failures += 1
-            continue
-        uid = annotations[0].gsps_sop_instance_uid if annotations else _sop_uid(path)
-        parsed.append(ParsedGsps(path, uid, tuple(annotations)))
     return parsed
-
-
-def _sop_uid(path: Path) -> str:
-    import pydicom
-
-    return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
-        "SOPInstanceUID"]).SOPInstanceUID)
 
 
 @contextmanager
@@ -142,7 +131,7 @@ def segment_one(job: SeriesJob, catalog_url: str, output_dir: str, model: str = 
     try:
         with gpu_slot(device):
             for p in parsed:
-                results.extend(segment_gsps(volume, p.path, choice.segmenter, algorithm, out))
+                results.extend(segment_gsps(volume, p, choice.segmenter, algorithm, out))
     except (ValueError, RuntimeError, OSError) as exc:
         return _fail(recorder, outcome, Stage.SEGMENT, job.series_instance_uid, exc, run_id)
     t2 = clock()

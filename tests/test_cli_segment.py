@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from conftest import dciodvfy_errors
 
+from db import make_engine
+from db.queries import failures_by_stage, query_rows, table_counts
 from dicom_io.nifti import read_nifti
 from dicom_io.seg import read_seg_masks
 from dicom_io.volume import load_series
@@ -21,10 +23,15 @@ def _study(synth_dir: Path) -> dict:
     return json.loads((synth_dir / "manifest.json").read_text())["studies"][0]
 
 
+def _catalog(out: Path) -> str:
+    return f"sqlite:///{out / 'catalog.sqlite'}"
+
+
 def _segment(synth_dir: Path, gsps: list[Path], out: Path, capsys) -> tuple[int, dict]:
     study = _study(synth_dir)
     code = main(["segment", "--series", str(synth_dir / study["ct_dir"]), "--gsps",
-                 *map(str, gsps), "--out", str(out), "--model", "classical"])
+                 *map(str, gsps), "--out", str(out), "--model", "classical",
+                 "--catalog", _catalog(out)])
     return code, json.loads(capsys.readouterr().out)
 
 
@@ -49,15 +56,24 @@ def test_line_gsps_becomes_a_valid_seg_matching_the_truth(synth_dir, tmp_path, c
     truth = read_nifti(synth_dir / lesion["truth"])[0].astype(bool)
     dice = 2 * np.logical_and(mask, truth).sum() / (mask.sum() + truth.sum())
     assert dice > 0.6, dice
+    [row] = query_rows(make_engine(_catalog(tmp_path)))
+    assert row.seg_sop_instance_uid == seg_path.stem
+    assert row.volume_ml == pytest.approx(segment["volume_ml"])
+    assert 0 < segment["short_axis_mm"] <= segment["long_axis_mm"]
 
 
-def test_rerun_writes_the_same_files(synth_dir, tmp_path, capsys):
+def test_rerun_writes_the_same_files_and_adds_no_rows(synth_dir, tmp_path, capsys):
     gsps = [synth_dir / g["file"] for g in _study(synth_dir)["gsps"][:3]]
     _, first = _segment(synth_dir, gsps, tmp_path, capsys)
     files_before = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    rows_before = table_counts(make_engine(_catalog(tmp_path)))
     _, second = _segment(synth_dir, gsps, tmp_path, capsys)
     files_after = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
     assert files_before == files_after
+    assert table_counts(make_engine(_catalog(tmp_path))) == rows_before
+    ok = [s for s in first["segments"] if s["status"] == "ok"]
+    assert rows_before["segmentations"] == len(ok) > 0
+    assert rows_before["presentation_states"] == 3
     assert [s["seg_sop_instance_uid"] for s in first["segments"]] == [
         s["seg_sop_instance_uid"] for s in second["segments"]]
 
@@ -72,6 +88,7 @@ def test_a_bad_gsps_is_recorded_and_the_batch_goes_on(synth_dir, tmp_path, capsy
     assert statuses.count("failed") == 1 and statuses.count("ok") == 1
     failed = next(s for s in doc["segments"] if s["status"] == "failed")
     assert not_a_gsps.name in failed["reason"] and "presentation state" in failed["reason"]
+    assert failures_by_stage(make_engine(_catalog(tmp_path))) == {"parse": 1}
     assert "SYNTH" not in json.dumps(doc)  # no patient names in output
 
 
