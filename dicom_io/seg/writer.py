@@ -10,6 +10,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Sequence
@@ -187,11 +188,20 @@ def _check_masks(
 
 
 def _read_header(path: Path) -> Dataset:
-    """A source image without its pixel data, named in the error when unreadable."""
+    """A source image without its pixel data, named in the error when unreadable.
+
+    Cached per (file, modification time): one SEG is written per GSPS, and a series with several
+    GSPS would otherwise have every source header read again for each. Treat as read-only.
+    """
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return _cached_header(str(path), path.stat().st_mtime_ns)
     except (InvalidDicomError, OSError) as e:
         raise DicomInputError(f"source image {path} - cannot read its header: {e}") from e
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_header(path: str, mtime_ns: int) -> Dataset:
+    return pydicom.dcmread(path, stop_before_pixels=True)
 
 
 def _source_images(volume: Volume) -> tuple[list[Dataset], list[int]]:
