@@ -22,8 +22,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from pynetdicom import AE, evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import AssociationServer
 
 from dicom_io.pacs.errors import (
     AssociationRejectedError,
@@ -103,6 +110,35 @@ def check_harvest_window(pacs: PacsSettings, now: dt.datetime | None = None) -> 
         )
 
 
+_STANDARD_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+
+
+def drop_standard_log_handlers(target: Association | AssociationServer) -> None:
+    """Unbind pynetdicom's per-message logging handlers from one association or server.
+
+    pynetdicom binds them to every association (``_config.LOG_HANDLER_LEVEL``, a process-wide
+    switch we leave alone) and they do their work whatever the log level: for each C-STORE
+    request one copies the whole dataset (``data_set.getvalue()``) and all format their lines.
+    They are kept while the ``pynetdicom`` logger is enabled for DEBUG, for troubleshooting.
+    """
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        return
+    for event, handler in _STANDARD_LOG_HANDLERS:
+        target.unbind(event, handler)
+
+
+def drop_log_handlers_on_establish(event: evt.Event) -> None:
+    """``evt.EVT_ESTABLISHED`` handler for servers: :func:`drop_standard_log_handlers` on each
+    new association (an acceptor binds pynetdicom's handlers itself, so unbinding them from the
+    server would reach only the associations already open)."""
+    drop_standard_log_handlers(event.assoc)
+
+
 def make_ae(pacs: PacsSettings, local: LocalAE) -> AE:
     """A fresh pynetdicom AE with our title and the PACS's explicit timeouts."""
     ae = AE(ae_title=local.ae_title)
@@ -137,6 +173,7 @@ def _associate_once(
         evt_handlers=handlers,
     )
     if assoc.is_established:
+        drop_standard_log_handlers(assoc)
         return assoc
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
