@@ -282,6 +282,16 @@ def test_preview_png(lung_volume, gtv, kind, tmp_path):
 def test_window_choice(lung_volume, gtv):
     assert choose_window(np.full((10, 10), -850.0)) is CtWindow.LUNG
     assert choose_window(np.full((10, 10), 40.0)) is CtWindow.SOFT_TISSUE
+    # A liver lesion in a crop whose corners are air outside the body: soft-tissue window.
+    crop = np.full((40, 40), -1000.0)
+    crop[5:35, 5:35] = 60.0
+    lesion = np.zeros((40, 40), bool)
+    lesion[15:25, 15:25] = True
+    assert choose_window(crop) is CtWindow.LUNG
+    assert choose_window(crop, lesion) is CtWindow.SOFT_TISSUE
+    crop[5:35, 5:35] = -850.0  # a nodule inside lung
+    crop[15:25, 15:25] = 30.0
+    assert choose_window(crop, lesion) is CtWindow.LUNG
     with pytest.raises(ValueError, match="slice_index"):
         render_preview(lung_volume, gtv, np.zeros((1, 2)), 999, "point", Path("x.png"))
     with pytest.raises(ValueError, match="mask"):

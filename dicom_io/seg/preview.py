@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Polygon
+from scipy import ndimage
 
 from dicom_io.volume import Volume
 
@@ -25,6 +26,7 @@ from dicom_io.volume import Volume
 _MARGIN_FRACTION = 0.6
 _MIN_MARGIN = 24
 # A crop where more than this fraction of voxels is air-like (< -500 HU) is shown in lung window.
+_RING_PX = 4  # width of the ring around a lesion that decides the window
 _AIR_FRACTION = 0.4
 _AIR_HU = -500.0
 _MASK_COLOUR = "#ffd400"
@@ -71,7 +73,7 @@ def render_preview(
     image, outline = volume.array[slice_index], mask[slice_index]
     box = _crop_box(outline if outline.any() else mask.any(axis=0), points, image.shape)
     crop = image[box[0]:box[1], box[2]:box[3]]
-    window = choose_window(crop)
+    window = choose_window(crop, outline[box[0]:box[1], box[2]:box[3]])
     volume_ml = float(mask.sum()) * float(np.prod(volume.spacing)) / 1000.0
     figure = _figure(crop, outline[box[0]:box[1], box[2]:box[3]], points - [box[2], box[0]],
                      kind, window, volume.spacing)
@@ -80,8 +82,15 @@ def render_preview(
     return _save(figure, Path(out_path))
 
 
-def choose_window(crop: np.ndarray) -> CtWindow:
-    """Lung window when the region is air-dominated, else soft tissue (W400/L40)."""
+def choose_window(crop: np.ndarray, region: np.ndarray | None = None) -> CtWindow:
+    """Lung window when the lesion's surroundings are air-dominated, else soft tissue (W400/L40).
+
+    With ``region`` (the lesion on ``crop``), only a ring around it counts: air outside the body
+    in the crop's corners must not turn a liver lesion's preview into a lung window.
+    """
+    if region is not None and region.any():
+        ring = ndimage.binary_dilation(region, iterations=_RING_PX) & ~region
+        crop = crop[ring]
     air = float(np.mean(crop < _AIR_HU)) if crop.size else 0.0
     return CtWindow.LUNG if air > _AIR_FRACTION else CtWindow.SOFT_TISSUE
 
