@@ -134,15 +134,18 @@ class Annotation(Base):
 class Segmentation(Base):
     """One segment made from one annotation by one model; the facts researchers filter on.
 
-    ``kind``, ``series_id`` and ``study_date`` repeat the annotation's and the study's so the
-    typical filter (kind + date + volume) is one index range, read in date order.
+    ``kind``, ``series_id``, ``study_date``, ``gsps_sop_instance_uid`` and ``annotation_index``
+    repeat the annotation's, GSPS's and study's so the typical filter (kind + date + volume) is
+    one index range, read in date order, and a listing joins only series and study.
     """
 
     __tablename__ = "segmentation"
     __table_args__ = (
         UniqueConstraint("annotation_id", "model_name", "model_version", "checkpoint_sha256",
                          name="uq_segmentation_annotation_model"),
-        Index("ix_segmentation_kind_date_volume", "kind", "study_date", "volume_ml"),
+        # kind = K and a date range come out in ORDER BY (study_date, id) order, so a first page
+        # is a range scan that stops at LIMIT; the volume range is checked on the index tuples
+        Index("ix_segmentation_kind_date_id_volume", "kind", "study_date", "id", "volume_ml"),
         # covers the stats query (grouped by kind, model, status; sums volume): index-only scan
         Index("ix_segmentation_kind_model_status_volume", "kind", "model_name", "status",
               "volume_ml"),
@@ -150,6 +153,9 @@ class Segmentation(Base):
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     annotation_id: Mapped[int] = mapped_column(ForeignKey("annotation.id", ondelete="CASCADE"))
+    # the annotation's identity (GSPS UID, graphic index), fixed for life: rows list it unjoined
+    gsps_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    annotation_index: Mapped[int | None] = mapped_column(Integer)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(32))
     study_date: Mapped[date | None] = mapped_column(Date)
@@ -187,3 +193,22 @@ class Failure(Base):
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SegmentationSummary(Base):
+    """Count and total volume of segmentations per (kind, model, status, study month).
+
+    Kept exact by database triggers on ``segmentation`` (migration 0002), in the writing
+    transaction: an insert adds, a delete subtracts, an update moving a row subtracts its old
+    values and adds its new ones. ``study_month`` is YYYYMM, 0 for an unknown study date.
+    Groups whose count fell to 0 stay, with ``n == 0``.
+    """
+
+    __tablename__ = "segmentation_summary"
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[SegStatus] = mapped_column(_enum(SegStatus, "seg_status"), primary_key=True)
+    study_month: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+    volume_sum: Mapped[float] = mapped_column(Float, default=0.0)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from functools import cache
 
 import pandas as pd
 from sqlalchemy import Connection, Engine, Select, String, func, select, type_coerce
@@ -21,10 +22,12 @@ from db.models import (
     HarvestRun,
     PresentationState,
     Segmentation,
+    SegmentationSummary,
     Series,
     Study,
 )
 from db.records import SegStatus
+from db.summary import month_key
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,7 @@ _COLUMNS = (
     Segmentation.segment_number, Segmentation.seg_path, Segmentation.preview_path,
     Study.patient_pseudonym, Study.study_instance_uid, Study.study_date,
     Series.series_instance_uid, Series.body_part, Series.storage_path.label("series_path"),
-    PresentationState.sop_instance_uid.label("gsps_sop_instance_uid"),
-    Annotation.gsps_index.label("annotation_index"), Segmentation.created_at,
+    Segmentation.gsps_sop_instance_uid, Segmentation.annotation_index, Segmentation.created_at,
 )
 
 
@@ -109,14 +111,18 @@ def _where(stmt: Select, f: CatalogFilter) -> Select:
     return stmt.where(*(make(value) for value, make in conditions if value is not None))
 
 
-def select_segmentations(f: CatalogFilter = CatalogFilter(), limit: int | None = None) -> Select:
-    """The SELECT of segmentation rows matching ``f``, ordered by study date, then id."""
-    stmt = (select(*_COLUMNS)
+@cache
+def _joined() -> Select:
+    """The filter-less, ordered SELECT of every segmentation row (built once: it is immutable)."""
+    return (select(*_COLUMNS)
             .join(Series, Segmentation.series_id == Series.id)
             .join(Study, Series.study_id == Study.id)
-            .join(Annotation, Segmentation.annotation_id == Annotation.id)
-            .join(PresentationState, Annotation.presentation_state_id == PresentationState.id))
-    stmt = _where(stmt, f).order_by(Segmentation.study_date, Segmentation.id)
+            .order_by(Segmentation.study_date, Segmentation.id))
+
+
+def select_segmentations(f: CatalogFilter = CatalogFilter(), limit: int | None = None) -> Select:
+    """The SELECT of segmentation rows matching ``f``, ordered by study date, then id."""
+    stmt = _where(_joined(), f)
     return stmt.limit(limit) if limit is not None else stmt
 
 
@@ -128,35 +134,72 @@ def _reading(engine: Engine) -> Connection:
 def query_rows(engine: Engine, f: CatalogFilter = CatalogFilter(),
                limit: int | None = None) -> list[SegmentationRow]:
     """Segmentations matching ``f`` as :class:`SegmentationRow` objects."""
-    with _reading(engine) as conn:
-        return [SegmentationRow(*row) for row in conn.execute(select_segmentations(f, limit))]
+    with _reading(engine) as conn:  # .all(): one fetchall, not a fetchone per row
+        rows = conn.execute(select_segmentations(f, limit)).all()
+    return [SegmentationRow(*row) for row in rows]
 
 
 def query_frame(engine: Engine, f: CatalogFilter = CatalogFilter(),
                 limit: int | None = None) -> pd.DataFrame:
     """Segmentations matching ``f`` as a DataFrame (one row each, SegmentationRow's columns)."""
-    rows = query_rows(engine, f, limit)
     names = [field.name for field in fields(SegmentationRow)]
-    return pd.DataFrame([[getattr(r, n) for n in names] for r in rows], columns=names)
+    with _reading(engine) as conn:  # plain tuples straight into the frame: no row objects
+        rows = conn.execute(select_segmentations(f, limit)).all()
+    return pd.DataFrame([tuple(row) for row in rows], columns=names)
+
+
+def summary_answers(f: CatalogFilter) -> bool:
+    """True when the summary table answers :func:`stats` under ``f`` exactly: no volume, body
+    part or study constraint, and dates (if any) on whole study months."""
+    if any(v is not None for v in (f.min_volume_ml, f.max_volume_ml, f.body_part,
+                                   f.study_instance_uid)):
+        return False
+    starts_month = f.since is None or f.since.day == 1
+    ends_month = f.until is None or f.until == date.max or (f.until + timedelta(days=1)).day == 1
+    return starts_month and ends_month
 
 
 def stats(engine: Engine, f: CatalogFilter = CatalogFilter()) -> pd.DataFrame:
-    """Count, total and mean volume per (kind, model, status) under ``f``."""
-    stmt = (select(Segmentation.kind, Segmentation.model_name, Segmentation.status,
-                   func.count().label("segmentations"),
-                   func.sum(Segmentation.volume_ml).label("total_volume_ml"),
-                   func.avg(Segmentation.volume_ml).label("mean_volume_ml"))
-            .group_by(Segmentation.kind, Segmentation.model_name, Segmentation.status)
-            .order_by(Segmentation.kind, Segmentation.model_name, Segmentation.status))
-    needs_join = f.body_part is not None or f.study_instance_uid is not None
-    if needs_join:
-        stmt = (stmt.join(Series, Segmentation.series_id == Series.id)
-                .join(Study, Series.study_id == Study.id))
+    """Count, total and mean volume per (kind, model, status) under ``f``.
+
+    Read from the trigger-kept ``segmentation_summary`` (a few thousand rows) when it answers
+    ``f`` exactly (see :func:`summary_answers`), else grouped over ``segmentation`` itself.
+    """
+    stmt = _summary_stats(f) if summary_answers(f) else _segmentation_stats(f)
     with _reading(engine) as conn:
-        rows = [(k, m, SegStatus(s).value, int(n), float(t or 0), float(a or 0))
-                for k, m, s, n, t, a in conn.execute(_where(stmt, f))]
+        rows = [(k, m, SegStatus(s).value, int(n), float(t or 0), float(t or 0) / n)
+                for k, m, s, n, t in conn.execute(stmt)]
     return pd.DataFrame(rows, columns=["kind", "model_name", "status", "segmentations",
                                        "total_volume_ml", "mean_volume_ml"])
+
+
+def _summary_stats(f: CatalogFilter) -> Select:
+    """Stats from the summary: sum its (kind, model, version, status, month) groups."""
+    s = SegmentationSummary
+    n = func.sum(s.n)
+    stmt = (select(s.kind, s.model_name, s.status, n, func.sum(s.volume_sum))
+            .group_by(s.kind, s.model_name, s.status).having(n > 0)
+            .order_by(s.kind, s.model_name, s.status))
+    conditions = [
+        (f.kind, lambda v: s.kind == v),
+        (f.model, lambda v: s.model_name == v),
+        (f.status, lambda v: s.status == v),
+        (f.since, lambda v: s.study_month >= month_key(v)),
+        (f.until, lambda v: s.study_month.between(1, month_key(v))),
+    ]
+    return stmt.where(*(make(value) for value, make in conditions if value is not None))
+
+
+def _segmentation_stats(f: CatalogFilter) -> Select:
+    """Stats grouped over the segmentation rows (filters the summary cannot answer)."""
+    stmt = (select(Segmentation.kind, Segmentation.model_name, Segmentation.status,
+                   func.count(), func.sum(Segmentation.volume_ml))
+            .group_by(Segmentation.kind, Segmentation.model_name, Segmentation.status)
+            .order_by(Segmentation.kind, Segmentation.model_name, Segmentation.status))
+    if f.body_part is not None or f.study_instance_uid is not None:
+        stmt = (stmt.join(Series, Segmentation.series_id == Series.id)
+                .join(Study, Series.study_id == Study.id))
+    return _where(stmt, f)
 
 
 def table_counts(engine: Engine) -> dict[str, int]:

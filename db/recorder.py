@@ -2,6 +2,9 @@
 
 Re-recording the same results adds no row; two processes recording the same results at once end
 with one row each and no error (PostgreSQL serialises the conflicting inserts on the unique index).
+Segmentation writes also move ``segmentation_summary`` (triggers, migration 0002): on
+PostgreSQL their transactions queue on one advisory lock so the triggers cannot deadlock; a
+transaction PostgreSQL still picks as a deadlock or serialization victim is rerun (3 tries).
 
 Example
 -------
@@ -12,13 +15,14 @@ Example
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy import Connection, Engine, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from db.models import (
     Annotation,
@@ -43,6 +47,14 @@ from db.records import (
 
 # Rows per INSERT statement: well under SQLite's bound-parameter limit.
 _BATCH = 500
+# Whole-transaction attempts when PostgreSQL picks it as a deadlock or serialization victim.
+_ATTEMPTS = 3
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+
+# pg_advisory_xact_lock key of the segmentation writers ("SAM2CT" in ASCII)
+_WRITERS_LOCK = 0x53414D324354
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -127,23 +139,42 @@ class Recorder:
             return next(iter(upsert(conn, HarvestRun.__table__, [row], keys, updated).values()))
 
     # --- results of one series --------------------------------------------------------------
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one transaction, again (up to 3 times) if PostgreSQL aborted it as a
+        deadlock or serialization victim; any other error, or the last one, propagates."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except DBAPIError as e:
+                if getattr(e.orig, "sqlstate", None) not in _RETRY_SQLSTATES or \
+                        attempt == _ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def record_series_results(self, results: SeriesResults) -> RecordedCounts:
         """Record a study, its series, GSPS, annotations and segmentations in one transaction."""
-        with self.engine.begin() as conn:
-            study_id = self._study(conn, results.study)
-            series_id = self._series(conn, results.series, {results.study.study_instance_uid:
-                                                            study_id})
-            ps_ids = self._presentation_states(conn, results.presentation_states, series_id,
-                                               results.series.series_instance_uid)
-            ann_ids = self._annotations(conn, results.annotations, ps_ids, series_id)
-            seg_count = self._segmentations(conn, results.segmentations, ann_ids,
-                                            results.study.study_date)
+        return self._transaction(lambda conn: self._record_series_results(conn, results))
+
+    def _record_series_results(self, conn: Connection, results: SeriesResults) -> RecordedCounts:
+        _serialise_segmentation_writers(conn)
+        study_id = self._study(conn, results.study)
+        series_id = self._series(conn, results.series, {results.study.study_instance_uid:
+                                                        study_id})
+        ps_ids = self._presentation_states(conn, results.presentation_states, series_id,
+                                           results.series.series_instance_uid)
+        ann_ids = self._annotations(conn, results.annotations, ps_ids, series_id)
+        seg_count = self._segmentations(conn, results.segmentations, ann_ids,
+                                        results.study.study_date)
         return RecordedCounts(1, 1, len(ps_ids), len(ann_ids), seg_count)
 
     def record_study(self, study: StudyRecord) -> int:
         """Create or update one study; return its id."""
-        with self.engine.begin() as conn:
+        def work(conn: Connection) -> int:
+            _serialise_segmentation_writers(conn)
             return self._study(conn, study)
+
+        return self._transaction(work)
 
     def _study(self, conn: Connection, study: StudyRecord) -> int:
         row = {"study_instance_uid": study.study_instance_uid,
@@ -243,6 +274,18 @@ class Recorder:
             return result.rowcount > 0
 
 
+def _serialise_segmentation_writers(connection: Connection) -> None:
+    """PostgreSQL: wait for the other writers of segmentations to commit (transaction lock).
+
+    The summary triggers lock summary rows in the order segmentations are written, and the
+    rows a writer overwrites can change while it waits; two writers could deadlock. One advisory
+    lock taken first makes them queue instead (a write is milliseconds; segmenting a series is
+    seconds). SQLite already admits one writer at a time.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(_WRITERS_LOCK)))
+
+
 def _annotation_row(a: AnnotationRecord, ps_id: int) -> dict[str, Any]:
     return {"presentation_state_id": ps_id, "gsps_index": a.index, "kind": a.kind,
             "slice_index": a.slice_index, "points_voxel": [list(p) for p in a.points_voxel],
@@ -253,6 +296,8 @@ def _annotation_row(a: AnnotationRecord, ps_id: int) -> dict[str, Any]:
 def _segmentation_row(s: SegmentationRecord, annotation_id: int, series_id: int,
                       kind: str) -> dict[str, Any]:
     return {"annotation_id": annotation_id, "series_id": series_id, "kind": kind,
+            "gsps_sop_instance_uid": s.gsps_sop_instance_uid,
+            "annotation_index": s.annotation_index,
             "model_name": s.model_name, "model_version": s.model_version,
             "checkpoint_sha256": s.checkpoint_sha256, "status": s.status,
             "seg_sop_instance_uid": s.seg_sop_instance_uid, "segment_number": s.segment_number,

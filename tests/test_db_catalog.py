@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import random
 import secrets
+import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
@@ -12,17 +14,21 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy.exc import OperationalError
 
 from db import CatalogFilter, Recorder, open_catalog, query_frame, query_rows, stats
 from db.migrate import alembic_config, current_revision, upgrade
-from db.models import Base, PatientPseudonym, Segmentation, Study
+from db.models import Base, PatientPseudonym, Segmentation, SegmentationSummary, Study
 from db.queries import (
+    _segmentation_stats,
     failures_by_stage,
     open_failures,
     recorded_presentation_states,
+    summary_answers,
     table_counts,
 )
+from db.recorder import _serialise_segmentation_writers
 from db.records import (
     AnnotationRecord,
     FailureRecord,
@@ -36,6 +42,7 @@ from db.records import (
     Stage,
     StudyRecord,
 )
+from db.summary import month_expression, month_key, rebuild
 
 PG_ADMIN = os.environ.get("SAM2CT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -71,7 +78,7 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
 
 
 def series_results(n: int, *, patient: str = "PAT-SECRET-1", kind: str = "line",
-                   volume: float = 2.0, day: date = date(2025, 3, 1), model: str = "classical",
+                   volume: float = 2.0, day: date | None = date(2025, 3, 1), model: str = "classical",
                    status: SegStatus = SegStatus.OK, body_part: str = "CHEST",
                    annotations: int = 2) -> SeriesResults:
     """Results of one synthetic series number ``n`` (UIDs derived from n)."""
@@ -93,7 +100,7 @@ def series_results(n: int, *, patient: str = "PAT-SECRET-1", kind: str = "line",
 def test_upgrade_from_empty_creates_every_table(catalog_url: str) -> None:
     upgrade(catalog_url)
     upgrade(catalog_url)  # a second run is a no-op
-    assert current_revision(catalog_url) == "0001"
+    assert current_revision(catalog_url) == "0002"
     engine = create_engine(catalog_url)
     names = set(inspect(engine).get_table_names())
     with engine.connect() as conn:  # the migrations build exactly what the models declare
@@ -108,7 +115,7 @@ def test_upgrade_from_empty_creates_every_table(catalog_url: str) -> None:
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     engine.dispose()
     upgrade(catalog_url)
-    assert current_revision(catalog_url) == "0001"
+    assert current_revision(catalog_url) == "0002"
 
 
 def test_recording_twice_adds_nothing_and_updates(catalog_url: str) -> None:
@@ -272,4 +279,206 @@ def test_two_processes_upserting_the_same_results(backend: str, request: pytest.
         assert len(set(conn.execute(select(Segmentation.annotation_id)).scalars())) == 2 * count
         attempts = conn.execute(text("SELECT sum(attempts) FROM failure")).scalar_one()
     assert counts["failures"] == 5 and attempts == 2 * count
+    engine.dispose()
+
+
+# --- the trigger-kept segmentation summary ----------------------------------------------------
+
+def _summary_and_truth(engine) -> tuple[dict, dict]:
+    """(summary groups with n > 0, the same groups computed by GROUP BY over segmentation)."""
+    seg = Segmentation.__table__
+    month = month_expression(engine.dialect.name, seg.c.study_date)
+    with engine.connect() as conn:
+        truth = {(k, m, v, str(getattr(s, "value", s)), mo): (n, total) for k, m, v, s, mo, n, total
+                 in conn.execute(select(seg.c.kind, seg.c.model_name, seg.c.model_version,
+                                        seg.c.status, month, func.count(),
+                                        func.sum(seg.c.volume_ml))
+                                 .group_by(seg.c.kind, seg.c.model_name, seg.c.model_version,
+                                           seg.c.status, month))}
+        summary = {(k, m, v, str(getattr(s, "value", s)), mo): (n, total)
+                   for k, m, v, s, mo, n, total in conn.execute(select(
+                       SegmentationSummary.__table__).where(SegmentationSummary.n != 0))}
+    return summary, truth
+
+
+def _assert_summary_exact(engine) -> None:
+    summary, truth = _summary_and_truth(engine)
+    assert summary.keys() == truth.keys()
+    for key, (n, total) in truth.items():
+        assert summary[key][0] == n, key
+        assert summary[key][1] == pytest.approx(total, rel=1e-9, abs=1e-9), key
+
+
+def _random_results(rng: random.Random, n: int) -> SeriesResults:
+    """Series ``n`` with random kind, volume, date (or none), model and status."""
+    return series_results(
+        n, kind=rng.choice(["line", "arrow", "bidirectional"]), volume=rng.uniform(0.1, 50),
+        day=rng.choice([date(2024, 12, 31), date(2025, 1, 1), date(2025, 2, 14), None]),
+        model=rng.choice(["classical", "sam2ct"]), status=rng.choice(list(SegStatus)),
+        annotations=rng.randint(1, 3))
+
+
+def test_summary_equals_group_by_after_random_overwrites(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    rng = random.Random(5)
+    for _ in range(40):  # 8 series recorded ~5 times each: overwrites change every key column
+        rec.record_series_results(_random_results(rng, rng.randrange(8)))
+    rec.record_study(StudyRecord("1.2.826.0.1.3", "PAT-SECRET-1", date(2023, 7, 9)))  # re-date
+    _assert_summary_exact(engine)
+    summary, _ = _summary_and_truth(engine)
+    assert sum(n for n, _ in summary.values()) == table_counts(engine)["segmentations"] > 8
+    with engine.begin() as conn:  # deletes (cascading from the study) subtract
+        conn.execute(Study.__table__.delete().where(Study.study_instance_uid == "1.2.826.0.1.3"))
+    _assert_summary_exact(engine)
+    engine.dispose()
+
+
+def test_stats_from_summary_equal_stats_over_segmentations(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    rng = random.Random(7)
+    for n in range(12):
+        rec.record_series_results(_random_results(rng, n))
+    whole_months = [CatalogFilter(), CatalogFilter(kind="line"),
+                    CatalogFilter(since=date(2025, 1, 1)), CatalogFilter(until=date(2024, 12, 31)),
+                    CatalogFilter(since=date(2025, 1, 1), until=date(2025, 2, 28),
+                                  model="sam2ct", status=SegStatus.OK)]
+    for f in whole_months:
+        assert summary_answers(f)
+        from_summary = stats(engine, f)
+        with engine.connect() as conn:  # the same figures grouped over the base table
+            rows = conn.execute(_segmentation_stats(f)).all()
+        assert list(from_summary.segmentations) == [n for *_, n, _ in rows], f
+        assert list(from_summary.total_volume_ml) == pytest.approx([t for *_, t in rows]), f
+    assert not summary_answers(CatalogFilter(since=date(2025, 1, 2)))
+    assert not summary_answers(CatalogFilter(until=date(2025, 2, 27)))
+    assert not summary_answers(CatalogFilter(min_volume_ml=1.0))
+    assert summary_answers(CatalogFilter(until=date.max))  # no overflow on the last day
+    engine.dispose()
+
+
+def test_migration_backfills_the_summary_and_rebuild_agrees(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    rng = random.Random(11)
+    for n in range(6):
+        rec.record_series_results(_random_results(rng, n))
+    before, _ = _summary_and_truth(engine)
+    with engine.begin() as conn:  # back to 0001 (no summary), then up again: backfilled
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    assert "segmentation_summary" not in inspect(engine).get_table_names()
+    upgrade(engine)
+    _assert_summary_exact(engine)
+    rows = query_rows(engine)  # the GSPS UID and index copied onto the segmentations again
+    assert rows and all(r.gsps_sop_instance_uid == f"{r.study_instance_uid}.2" for r in rows)
+    assert sorted({r.annotation_index for r in rows}) == [0, 1, 2]
+    with engine.begin() as conn:
+        assert rebuild(conn) == len(_summary_and_truth(engine)[1])
+    after, _ = _summary_and_truth(engine)
+    assert after.keys() == before.keys()
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+    engine.dispose()
+
+
+def test_month_key() -> None:
+    assert month_key(date(2025, 3, 14)) == 202503 and month_key(None) == 0
+
+
+def _overwrite_many(url: str, barrier, seed: int, count: int) -> None:
+    """Worker: record the same series as the other worker with its own random values."""
+    engine = open_catalog(url, migrate=False)
+    rec = Recorder(engine)
+    rng = random.Random(seed)
+    barrier.wait(timeout=60)
+    for _ in range(count):
+        rec.record_series_results(_random_results(rng, rng.randrange(6)))
+    engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_summary_exact_under_two_concurrent_writers(backend: str, request: pytest.FixtureRequest,
+                                                     tmp_path) -> None:
+    url = (request.getfixturevalue("pg_url") if backend == "postgresql"
+           else f"sqlite:///{tmp_path / 'shared.sqlite'}")
+    engine = open_catalog(url)
+    if backend == "postgresql":  # another test of this session may have left rows
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE study, patient_pseudonym, failure, harvest_run CASCADE"))
+    _assert_summary_exact(engine)  # TRUNCATE emptied the summary too
+    engine.dispose()  # no pooled connection crosses the fork
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(2)
+    workers = [ctx.Process(target=_overwrite_many, args=(url, barrier, seed, 25))
+               for seed in (1, 2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    _assert_summary_exact(engine)
+    assert 0 < table_counts(engine)["segmentations"] <= 6 * 3 * 2  # series, annotations, models
+    engine.dispose()
+
+
+class _Orig(Exception):
+    """Stands in for the driver's error: only its SQLSTATE matters to the retry."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+def test_transaction_retried_only_for_deadlock_victims(tmp_path) -> None:
+    engine = open_catalog(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    rec, calls = Recorder(engine), []
+
+    def deadlocked_once(conn) -> str:
+        calls.append(1)
+        if len(calls) == 1:  # PostgreSQL chose this transaction as the deadlock victim
+            raise OperationalError("UPDATE segmentation_summary", {}, _Orig("40P01"))
+        return "done"
+
+    assert rec._transaction(deadlocked_once) == "done" and len(calls) == 2
+
+    def always_deadlocked(conn) -> str:
+        calls.append(1)
+        raise OperationalError("UPDATE", {}, _Orig("40P01"))
+
+    calls.clear()
+    with pytest.raises(OperationalError):
+        rec._transaction(always_deadlocked)
+    assert len(calls) == 3
+
+    def other_error(conn) -> str:
+        calls.append(1)
+        raise OperationalError("INSERT", {}, _Orig("23505"))
+
+    calls.clear()
+    with pytest.raises(OperationalError):
+        rec._transaction(other_error)
+    assert len(calls) == 1
+    engine.dispose()
+
+
+def test_segmentation_writers_queue_on_postgresql(pg_url: str) -> None:
+    engine = open_catalog(pg_url)
+    with engine.begin() as conn:  # another test of this session may have left rows
+        conn.execute(text("TRUNCATE study, patient_pseudonym, failure, harvest_run CASCADE"))
+    holder = engine.connect()
+    holder.begin()
+    _serialise_segmentation_writers(holder)  # a writer mid-transaction holds the lock
+    writer = threading.Thread(target=Recorder(engine).record_series_results,
+                              args=(series_results(1),))
+    writer.start()
+    writer.join(timeout=1.0)
+    assert writer.is_alive()  # the second writer waits for the first to commit
+    holder.commit()
+    holder.close()
+    writer.join(timeout=30)
+    assert not writer.is_alive() and table_counts(engine)["segmentations"] == 2
+    _assert_summary_exact(engine)
     engine.dispose()
