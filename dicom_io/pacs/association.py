@@ -222,6 +222,9 @@ def open_association(
                 assoc.release()
             elif not assoc.is_aborted:
                 assoc.abort()
+            # Keep the slot until the association's thread has closed its socket, so the PACS
+            # never sees more than the cap of connections from us, even for a moment.
+            assoc.join(timeout=pacs.timeouts.acse)
 
 
 def _association_retryable(exc: Exception) -> bool:
