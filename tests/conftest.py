@@ -65,3 +65,14 @@ def lung1_001_volume(lung1_001: Path):
     from dicom_io.volume import load_series
 
     return load_series(lung1_001 / "ct")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module: several times faster on the shared 2-core CI box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -34,13 +34,7 @@ from sam2ct.prompts import Prompt, PromptKind
 SMALL = SAM2CTConfig(image_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core CI machine this is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ SHAPE = (9, 40, 56)  # slices, rows, columns: not square, not the model size
 LINE = Prompt(PromptKind.LINE, 4, np.array([[20.0, 15.0], [34.0, 24.0]]), "line-1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core CI machine this is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
