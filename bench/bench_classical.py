@@ -1,11 +1,14 @@
 """Benchmark: the classical segmenter against a naive threshold-and-copy peer, same prompts, same run.
 
-Prints per case Dice and seconds of both, then mean Dice (with spread and per organ for synthetic
-lesions) and the ratios classical / naive. Prompts are simulated from the truth (RECIST line by
-default). The naive peer centres on the prompt's points, so it is a fair peer for line and
-bidirectional prompts only (for an arrow it sits between head and tail). Run:
+Prints per case Dice, predicted / true volume and seconds of both, then mean Dice (with spread and
+per organ for synthetic lesions), the largest volume ratio (a leak shows there) and the ratios
+classical / naive. Prompts are simulated from the truth (RECIST line by default; an arrow's
+direction from each of ``--arrow-seeds`` seeds). The naive peer centres on the prompt's points, so
+it is a fair peer for line and bidirectional prompts only (for an arrow it sits between head and
+tail). Run:
 
-    .venv/bin/python bench/bench_classical.py [--prompt line] [--synth-studies 7] [--size 512]
+    .venv/bin/python bench/bench_classical.py [--prompt line|arrow] [--arrow-seeds 8]
+        [--synth-studies 7] [--size 512]
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ def naive(volume: np.ndarray, spacing: tuple[float, float, float], prompt: Promp
     return mask
 
 
-def run_case(name: str, organ: str, volume, truth: np.ndarray, kind: str) -> dict:
-    prompt = simulate_prompt(truth, kind, volume.spacing)
+def run_case(name: str, organ: str, volume, truth: np.ndarray, kind: str, seed: int = 0) -> dict:
+    prompt = simulate_prompt(truth, kind, volume.spacing, np.random.default_rng(seed))
     row = {"case": name, "organ": organ}
     for label, fn in (("classical", lambda: ClassicalSegmenter().segment(
             volume.array, volume.spacing, [prompt])[0]),
@@ -62,8 +65,10 @@ def run_case(name: str, organ: str, volume, truth: np.ndarray, kind: str) -> dic
         mask = fn()
         row[f"{label}_s"] = time.perf_counter() - start
         row[f"{label}_dice"] = dice(mask, truth)
+        row[f"{label}_volume"] = float(mask.sum()) / float(truth.sum())
     print(f"{name:28s} {organ:7s} classical {row['classical_dice']:.3f} "
-          f"({row['classical_s']:.2f} s)  naive {row['naive_dice']:.3f} ({row['naive_s']:.2f} s)",
+          f"x{row['classical_volume']:.2f} ({row['classical_s']:.2f} s)  "
+          f"naive {row['naive_dice']:.3f} x{row['naive_volume']:.2f} ({row['naive_s']:.2f} s)",
           flush=True)
     return row
 
@@ -75,9 +80,14 @@ def summary(title: str, rows: list[dict]) -> None:
     n = np.array([r["naive_dice"] for r in rows])
     tc = np.array([r["classical_s"] for r in rows])
     tn = np.array([r["naive_s"] for r in rows])
+    vc = np.array([r["classical_volume"] for r in rows])
+    vn = np.array([r["naive_volume"] for r in rows])
     print(f"{title}: n={len(rows)} classical Dice mean {c.mean():.3f} sd {c.std():.3f} "
           f"min {c.min():.3f} | naive mean {n.mean():.3f} | Dice ratio {c.mean() / n.mean():.2f} "
           f"| time classical {tc.mean():.2f} s, ratio classical/naive {tc.sum() / tn.sum():.1f}")
+    print(f"  volume / truth: classical median {np.median(vc):.2f} max {vc.max():.2f}, "
+          f"mean |error| {100 * np.mean(np.abs(vc - 1)):.0f} % | naive median {np.median(vn):.2f} "
+          f"max {vn.max():.2f}")
     by_organ = defaultdict(list)
     for r in rows:
         by_organ[r["organ"]].append(r["classical_dice"])
@@ -92,14 +102,18 @@ def main() -> None:
     parser.add_argument("--synth-studies", type=int, default=7)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--arrow-seeds", type=int, default=1,
+                        help="arrow directions per lesion (seeds 0..N-1); other prompts use one")
     args = parser.parse_args()
+    seeds = range(args.arrow_seeds if args.prompt == "arrow" else 1)
 
     real = []
     for case in ("LUNG1-001", "LUNG1-002"):
         if (LUNG1 / case).exists():
             volume = load_series(LUNG1 / case / "ct")
             truth = read_truth(LUNG1 / case / "rtstruct.dcm", volume, "GTV-1")
-            real.append(run_case(case, "lung", volume, truth, args.prompt))
+            real += [run_case(f"{case}#{k}", "lung", volume, truth, args.prompt, k)
+                     for k in seeds]
     synthetic = []
     if args.synth_studies:
         from dicom_io.synth import make_studies
@@ -111,8 +125,9 @@ def main() -> None:
                 volume = load_series(root / study["ct_dir"])
                 for lesion in study["lesions"]:
                     truth = read_truth(root / lesion["truth"], volume)
-                    synthetic.append(run_case(f"{study['name']}/{lesion['id']}", lesion["organ"],
-                                              volume, truth, args.prompt))
+                    synthetic += [run_case(f"{study['name']}/{lesion['id']}#{k}",
+                                           lesion["organ"], volume, truth, args.prompt, k)
+                                  for k in seeds]
     summary("LUNG1 GTV-1", real)
     summary(f"synthetic (seed {args.seed}, {args.size} px)", synthetic)
 

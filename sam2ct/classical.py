@@ -75,6 +75,10 @@ class ClassicalParams:
     arrow_core_mm: float = 15.0  # longest stretch of the shaft's continuation used as seed
     arrow_exit_percentile: float = 50.0  # which of the fan's exit distances is the extent
     arrow_opening_mm: float = 3.0  # opening radius cutting the lesion off same-density neighbours
+    arrow_leak_max_mm: float = 40.0  # extent at most this when the tip's region leaked and the
+    # tip shows no edge (the tail side within ``2 * min_contrast_hu`` of the lesion)
+    arrow_max_hole_mm: float = 60.0  # holes up to this area (a square of this side) are filled:
+    # a cavity, not the lung ringed by a chest wall of the lesion's density
     arrow_region_ratio: float = 1.6  # region chord / fan extent above which the region leaked
     arrow_min_band_hu: float = 60.0  # arrowed lesions: wider band (rims, cavities) unless the
     # tail side of the tip shows a lower contrast
@@ -99,7 +103,7 @@ class ClassicalSegmenter:
     """Prompted 3D lesion segmentation with scikit-image / SciPy filters (see module docstring)."""
 
     name = "classical"
-    version = "1.0.0"
+    version = "1.1.0"  # 1.1: arrows no longer fill the lung a chest wall rings
     checkpoint_sha256: str | None = None
 
     def __init__(self, params: ClassicalParams | None = None) -> None:
@@ -246,7 +250,8 @@ def _arrow_geometry(head: np.ndarray, tail: np.ndarray, image: np.ndarray, scale
 
     Its intensity is the soft-tissue HU along the shaft's continuation (a rim of partial volume
     or ground glass at the tip is skipped); its extent is the median exit distance of a fan of
-    rays from the tip through the lesion-like region around it (holes filled, bridges opened).
+    rays from the tip through the lesion-like region around it (cavities filled, not the lung a
+    same-density chest wall rings; bridges opened).
     When that region's own diameter agrees with the fan, the region gives centre and axis.
     """
     d = _unit((head - tail) * scale)  # mm-space direction pointing into the lesion
@@ -267,18 +272,21 @@ def _arrow_geometry(head: np.ndarray, tail: np.ndarray, image: np.ndarray, scale
     half = max(p.arrow_min_band_hu, p.band_sigmas * spread)
     narrow = min(half, max(0.5 * abs(mu - outside), p.min_contrast_hu)) \
         if outside is not None else half  # the band stops half-way to the outside intensity
-    geom = _arrow_measure(head, d, central, smooth, hu, mu, narrow, scale, p)
+    no_edge = outside is not None and abs(mu - outside) < 2 * p.min_contrast_hu
+    leak_max = p.arrow_leak_max_mm if no_edge else p.arrow_max_mm
+    geom = _arrow_measure(head, d, central, smooth, hu, mu, narrow, leak_max, scale, p)
     if narrow < half and geom.long_mm <= p.arrow_min_plausible_mm:  # the narrow band lost it
-        wide = _arrow_measure(head, d, central, smooth, hu, mu, half, scale, p)
+        wide = _arrow_measure(head, d, central, smooth, hu, mu, half, leak_max, scale, p)
         if wide.long_mm > geom.long_mm:
             return wide
     return geom
 
 
 def _arrow_measure(head: np.ndarray, d: np.ndarray, central: np.ndarray, smooth: np.ndarray,
-                   hu: np.ndarray, mu: float, half: float, scale: np.ndarray,
-                   p: ClassicalParams) -> _Geometry:
-    """Centre, axis and extent of the lesion region in ``[mu - half, mu + half]`` at the tip."""
+                   hu: np.ndarray, mu: float, half: float, leak_max_mm: float,
+                   scale: np.ndarray, p: ClassicalParams) -> _Geometry:
+    """Centre, axis and extent of the lesion region in ``[mu - half, mu + half]`` at the tip;
+    the extent is at most ``leak_max_mm`` when that region leaked (its fan measures the leak)."""
     step_mm = float(scale.min())
     t_mm = step_mm * np.arange(int(p.arrow_max_mm / step_mm))
     band = np.abs(smooth - mu) <= half
@@ -303,6 +311,7 @@ def _arrow_measure(head: np.ndarray, d: np.ndarray, central: np.ndarray, smooth:
             return _Geometry(np.argwhere(region).mean(axis=0),
                              _unit((chord.end - chord.start) * scale),
                              max(chord.length_mm, p.min_size_mm), None, core)
+    extent_mm = min(extent_mm, leak_max_mm)
     centre = head + (0.5 * extent_mm * d) / scale
     return _Geometry(centre, d, extent_mm, None, core)
 
@@ -327,8 +336,9 @@ def _ray(origin: np.ndarray, d: np.ndarray, t_mm: np.ndarray, scale: np.ndarray,
 
 def _region_at(band: np.ndarray, at: np.ndarray, scale: np.ndarray,
                p: ClassicalParams) -> np.ndarray:
-    """The in-band component at ``at``, holes filled, thin bridges to neighbours opened."""
-    filled = ndimage.binary_fill_holes(ndimage.binary_closing(band, iterations=1))
+    """The in-band component at ``at``, small holes filled, thin bridges to neighbours opened."""
+    closed = ndimage.binary_closing(band, iterations=1)
+    filled = _fill_small_holes(closed, p.arrow_max_hole_mm ** 2 / float(np.prod(scale)))
     opened = ndimage.binary_opening(filled, structure=_disc(
         max(1, int(round(p.arrow_opening_mm / float(scale.min()))))))
     for candidate in (opened, filled):
@@ -337,6 +347,18 @@ def _region_at(band: np.ndarray, at: np.ndarray, scale: np.ndarray,
         if hit.any():
             return labels == hit[hit > 0][0]
     return np.zeros(band.shape, dtype=bool)
+
+
+def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """``mask`` with its holes of at most ``max_area`` pixels filled (a lesion's cavity), not the
+    big ones: filling those turned a juxtapleural lesion's chest wall, with the lung inside it,
+    into one 12 cm 'lesion' (a +2500 % volume leak)."""
+    holes, n = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
+    if n == 0:
+        return mask
+    small = np.bincount(holes.ravel(), minlength=n + 1) <= max_area
+    small[0] = False
+    return mask | small[holes]
 
 
 # --- crop and priors -----------------------------------------------------------------------------

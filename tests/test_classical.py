@@ -53,6 +53,36 @@ def test_every_prompt_kind_on_a_lung_lesion_beside_the_mediastinum(kind, lung_ph
     assert dice(mask, truth) >= 0.85, kind
 
 
+def _wall_phantom(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A juxtapleural lung lesion (20 mm across) on the inside of a ring of chest wall of its own
+    density, the lung filling the ring: the wall is a same-density neighbour an arrow can run into."""
+    rng = np.random.default_rng(seed)
+    z, r, c = np.mgrid[:24, :128, :128].astype(float)
+    radius = np.hypot(r - 64, c - 64)
+    hu = np.full(r.shape, -900.0, dtype=np.float32)
+    hu[radius <= 60] = 40.0
+    hu[radius <= 44] = -820.0
+    truth = (((r - 64) / 10) ** 2 + ((c - 28) / 10) ** 2 + ((z - 11) / 3.5) ** 2 <= 1.0) \
+        & (radius <= 44)
+    hu[truth] = 40.0
+    hu += rng.normal(0.0, 20.0, hu.shape).astype(np.float32)
+    return hu, truth
+
+
+def test_arrows_at_a_lesion_on_the_chest_wall_do_not_leak_into_it():
+    """Filling every hole of the tip's region once made the whole ringed lung 'lesion' (volume
+    up to 184x the truth); measured now: volume 0.37-1.05x, Dice mean 0.91 over these 8 arrows."""
+    hu, truth = _wall_phantom()
+    ratios, scores = [], []
+    for seed in range(8):
+        prompt = simulate_prompt(truth, "arrow", SPACING, np.random.default_rng(seed))
+        [mask] = ClassicalSegmenter().segment(hu, SPACING, [prompt])
+        ratios.append(mask.sum() / truth.sum())
+        scores.append(dice(mask, truth))
+    assert max(ratios) <= 1.5, ratios
+    assert np.mean(scores) >= 0.85, scores
+
+
 def test_low_contrast_liver_lesion():
     hu, truth = _phantom(lesion_hu=30.0, background_hu=60.0, noise=10.0, neighbour_hu=None)
     [mask] = ClassicalSegmenter().segment(hu, SPACING, [simulate_prompt(truth, "line", SPACING)])
@@ -113,3 +143,63 @@ def test_synthetic_lesions_from_lines(synth_dir: Path):
             scores.append(dice(mask, truth))
     assert len(scores) >= 4
     assert np.mean(scores) >= 0.75, scores
+
+
+@pytest.mark.slow
+def test_lung1_arrows_stay_within_a_plausible_volume(lung1_001: Path, lung1_001_volume):
+    """Arrows at LUNG1-001 GTV-1 from 8 directions: never more than 2x the GTV's volume (measured
+    at most 0.66x; the tumour is irregular and touches the hilum, arrows under-segment it)."""
+    from dicom_io.truth import read_truth
+
+    volume = lung1_001_volume
+    truth = read_truth(lung1_001 / "rtstruct.dcm", volume, "GTV-1")
+    ratios = []
+    for seed in range(8):
+        prompt = simulate_prompt(truth, "arrow", volume.spacing, np.random.default_rng(seed))
+        [mask] = ClassicalSegmenter().segment(volume.array, volume.spacing, [prompt])
+        ratios.append(mask.sum() / truth.sum())
+    assert 0 < max(ratios) <= 2.0, ratios
+
+
+@pytest.mark.slow
+def test_synthetic_lesions_from_arrows_do_not_leak(synth_dir: Path):
+    """Arrows at every lesion of the `sam2ct synth` studies: volume bounded, Dice kept."""
+    from dicom_io.truth import read_truth
+    from dicom_io.volume import load_series
+
+    manifest = json.loads((synth_dir / "manifest.json").read_text())
+    ratios, scores = [], []
+    for study in manifest["studies"]:
+        volume = load_series(synth_dir / study["ct_dir"])
+        for number, lesion in enumerate(study["lesions"]):
+            truth = read_truth(synth_dir / lesion["truth"], volume)
+            prompt = simulate_prompt(truth, "arrow", volume.spacing,
+                                     np.random.default_rng(number))
+            [mask] = ClassicalSegmenter().segment(volume.array, volume.spacing, [prompt])
+            ratios.append(mask.sum() / truth.sum())
+            scores.append(dice(mask, truth))
+    assert len(scores) >= 4
+    assert max(ratios) <= 2.0, ratios  # measured at most 1.46x
+    assert np.mean(scores) >= 0.78, scores  # measured 0.84
+
+
+@pytest.mark.slow
+def test_arrow_with_no_edge_at_its_tip_is_bounded(tmp_path: Path):
+    """The demo study's compound arrow at a kidney lesion (9 mL) whose tail lies in tissue of the
+    lesion's density: the tip's region runs over the abdomen. It gave 256 mL (28x); now about 3x."""
+    from dicom_io.synth import make_studies
+    from dicom_io.truth import read_truth
+    from dicom_io.volume import load_series
+    from flows.pipeline import annotations_to_prompts, parse_gsps
+
+    make_studies(tmp_path, studies=1, seed=1, size=512)
+    study = tmp_path / "study-001"
+    volume = load_series(study / "ct")
+    prompted, _ = annotations_to_prompts(volume, parse_gsps(study / "gsps" /
+                                                            "compound-arrow-L3.dcm"))
+    truth = read_truth(study / "truth" / "L3.nii.gz", volume)
+    [mask] = ClassicalSegmenter().segment(volume.array, volume.spacing,
+                                          [item.prompt for item in prompted])
+    assert prompted[0].prompt.kind is PromptKind.ARROW
+    assert mask.sum() <= 5 * truth.sum(), mask.sum() / truth.sum()  # measured 3.0x
+    assert dice(mask, truth) >= 0.3  # measured 0.49
