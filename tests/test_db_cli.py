@@ -59,6 +59,21 @@ def test_catalog_query_formats(url: str, capsys, tmp_path: Path) -> None:
     assert "arrow" in table and "line" in table and "PAT-SECRET" not in table
 
 
+def test_catalog_query_table_shows_one_page(url: str, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("flows.cli.catalog.TABLE_PAGE", 3)
+    assert main(["catalog", "query", "--catalog", url]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 1 + 3  # header + one page of 4 rows
+    assert "first 3 rows shown" in captured.err
+    assert main(["catalog", "query", "--catalog", url, "--all"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 1 + 4 and "rows shown" not in captured.err
+    assert main(["catalog", "query", "--catalog", url, "--format", "csv"]) == 0
+    assert len(pd.read_csv(io.StringIO(capsys.readouterr().out))) == 4
+    assert main(["catalog", "query", "--catalog", url, "--limit", "2", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
 def test_catalog_stats_json(url: str, capsys) -> None:
     assert main(["catalog", "stats", "--catalog", url, "--format", "json"]) == 0
     document = json.loads(capsys.readouterr().out)

@@ -12,6 +12,9 @@ from pathlib import Path
 from flows.cli.db import add_catalog_argument, catalog_url
 
 FORMATS = ("table", "csv", "json", "parquet")
+#: Rows a terminal table shows unless ``--limit`` or ``--all`` says otherwise (a catalog may hold
+#: millions; files written as csv/json/parquet get every row).
+TABLE_PAGE = 50
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     query = actions.add_parser("query", help="segmentations matching the filters")
     add_filter_arguments(query)
-    query.add_argument("--limit", type=int, help="at most this many rows")
+    size = query.add_mutually_exclusive_group()
+    size.add_argument("--limit", type=int,
+                      help=f"at most this many rows (table format default: {TABLE_PAGE})")
+    size.add_argument("--all", action="store_true", help="every matching row, also as a table")
     _add_output_arguments(query)
     query.set_defaults(func=run_query)
     st = actions.add_parser("stats", help="counts and volumes by kind, model and status")
@@ -65,13 +71,25 @@ def run_query(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"Invalid '--limit' value {args.limit} - must be at least 1")
+    limit = _row_limit(args)
     engine = open_catalog(catalog_url(args))
     try:
-        frame = query_frame(engine, filter_from_args(args), args.limit)
+        frame = query_frame(engine, filter_from_args(args), None if limit is None else limit + 1)
     finally:
         engine.dispose()
+    if limit is not None and len(frame) > limit:
+        frame = frame.iloc[:limit]
+        if args.limit is None:
+            print(f"first {limit} rows shown; --limit N or --all for more", file=sys.stderr)
     _emit(frame, args.format, args.out)
     return 0
+
+
+def _row_limit(args: argparse.Namespace) -> int | None:
+    """Rows to show: ``--limit``, else a page for a terminal table, else all."""
+    if args.limit is not None:
+        return args.limit
+    return TABLE_PAGE if args.format == "table" and args.out is None and not args.all else None
 
 
 def run_stats(args: argparse.Namespace) -> int:
