@@ -277,3 +277,75 @@ def make_corpus(out: Path, data: Path) -> Corpus:
                   make_study(out, ct[3:5], "20260120", [g[1], g[2]]),
                   make_study(out, ct[5:7], "20260110", []),
                   make_study(out, ct[7:8], "20260210", [g[3]]))
+
+
+# --- TLS: a throwaway certificate authority ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a throwaway CA and of two end entities it signed (valid for localhost and
+    127.0.0.1): ``server`` for the peer, ``client`` for us (also used by our storage SCP)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """Create a CA and a server and a client certificate under ``folder`` (cryptography package)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(key, path: Path) -> Path:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+        return path
+
+    def sign(subject: str, key, ca_key, issuer: str, *, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5))
+                   .not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        else:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False).add_extension(x509.ExtendedKeyUsage([
+                    ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                    critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    def write_cert(cert: x509.Certificate, path: Path) -> Path:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = write_cert(sign("sam2ct test CA", ca_key, ca_key, "sam2ct test CA", ca=True),
+                    folder / "ca.pem")
+    files = [ca]
+    for role in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        files.append(write_cert(sign(f"sam2ct test {role}", key, ca_key, "sam2ct test CA",
+                                     ca=False), folder / f"{role}.pem"))
+        files.append(write_key(key, folder / f"{role}.key"))
+    return TlsFiles(*files)

@@ -17,9 +17,10 @@ from dicom_io.pacs import (
     PacsSettings,
     RetrieveMethod,
     TlsOptions,
+    WindowPolicy,
     staged_path,
 )
-from dicom_io.pacs.association import check_harvest_window
+from dicom_io.pacs.association import check_harvest_window, drop_standard_log_handlers
 from dicom_io.pacs.storage import write_atomic
 
 
@@ -61,6 +62,47 @@ def test_harvest_window_wraps_midnight() -> None:
         check_harvest_window(pacs, noon)
     assert info.value.seconds_until_open == 7 * 3600
     check_harvest_window(pacs, dt.datetime(2026, 1, 5, 20, 0))  # open: no error
+
+
+def test_window_policy_and_tls_settings_validate() -> None:
+    assert PacsSettings("P", "h", 104).window_policy is WindowPolicy.WAIT
+    assert PacsSettings("P", "h", 104, window_policy="fail").window_policy is WindowPolicy.FAIL
+    with pytest.raises(ValueError, match="'window_policy' value 'later' - use wait or fail"):
+        PacsSettings("P", "h", 104, window_policy="later")
+    with pytest.raises(ValueError, match="'window_max_wait' value '-1'"):
+        PacsSettings("P", "h", 104, window_max_wait=-1)
+    with pytest.raises(ValueError, match="'harvest_window' value '07:00-07:00' - start equals end"):
+        HarvestWindow.parse("07:00-07:00")
+    with pytest.raises(ValueError, match="'local.tls' - our storage SCP needs cert_file"):
+        LocalAE("ME", 11112, tls=TlsOptions(ca_file=Path("ca.pem")))
+
+
+def test_pynetdicom_logging_handlers_found_and_dropped_by_public_api() -> None:
+    """Fails loudly if pynetdicom stops binding its per-message logging handlers the way
+    drop_standard_log_handlers expects (then it would silently drop nothing)."""
+    import logging
+
+    from pynetdicom import AE, evt
+    from pynetdicom.association import Association
+
+    def ours(event: evt.Event) -> None:
+        pass
+
+    assoc = Association(AE(), "requestor")
+    log_events = (evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT, evt.EVT_PDU_RECV, evt.EVT_PDU_SENT)
+    assoc.bind(evt.EVT_DIMSE_RECV, ours)
+    bound = {e.name: [h.__module__ for h, _ in assoc.get_handlers(e)] for e in log_events}
+    assert all("pynetdicom._handlers" in modules for modules in bound.values()), bound
+    logger = logging.getLogger("pynetdicom")
+    old = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        drop_standard_log_handlers(assoc)
+    finally:
+        logger.setLevel(old)
+    left = {e.name: [h for h, _ in assoc.get_handlers(e)] for e in log_events}
+    assert left == {"EVT_DIMSE_RECV": [ours], "EVT_DIMSE_SENT": [], "EVT_PDU_RECV": [],
+                    "EVT_PDU_SENT": []}
 
 
 def test_backoff_grows_and_is_capped() -> None:

@@ -1,6 +1,7 @@
 """The throughput measures of the receive path keep their correctness: pynetdicom's per-message
-logging handlers are dropped (kept at DEBUG), and the cached series folders still work when a
-folder disappears between deliveries. Real C-STOREs over loopback, no PACS needed.
+logging handlers are dropped (kept at DEBUG), the cached series folders still work when a folder
+disappears between deliveries, and our directly encoded File Meta is pydicom's byte for byte.
+Real C-STOREs over loopback, no PACS needed.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from pathlib import Path
 
 from conftest import free_port
 from pacs_peers import OUR_AET, make_study, payload
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1
 from pynetdicom import evt
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from dicom_io.pacs import LocalAE, PacsSettings, StorageSCP, StoreOutcome, staged_path, store_files
 from dicom_io.pacs.settings import Backoff
+from dicom_io.pacs.storage import file_meta_bytes
 
 pytest_plugins = ["pacs_fixtures"]  # fixtures: corpus, local
 QUICK = Backoff(attempts=2, base=0.05, jitter=0.0)
@@ -99,3 +103,15 @@ def test_two_series_in_parallel_stores(corpus, tmp_path: Path) -> None:
             p = payload(f)
             staged = staged_path(staging, s.study_uid, s.ct_series_uid, p.SOPInstanceUID)
             assert payload(staged.read_bytes()) == p
+
+
+def test_file_meta_is_pydicoms_byte_for_byte() -> None:
+    """Odd and even UID lengths, each padding path, several transfer syntaxes."""
+    for sop_class, sop, syntax in (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", ExplicitVRLittleEndian),
+                                   ("1.2.840.10008.5.1.4.1.1.11.1", "1.2.3.45", JPEGLosslessSV1),
+                                   ("1.2.840.10008.5.1.4.1.1.66.4", "9" * 64,
+                                    ImplicitVRLittleEndian)):
+        meta = create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop,
+                                transfer_syntax=syntax)
+        assert file_meta_bytes(sop_class, sop, syntax) == (
+            b"\x00" * 128 + b"DICM" + encode_file_meta(meta))

@@ -39,6 +39,7 @@ from dicom_io.pacs.settings import (
     RetrieveMethod,
     Timeouts,
     TlsOptions,
+    WindowPolicy,
 )
 from dicom_io.pacs.storage import Delivery, StagingWriter, StorageSCP, StoreOutcome, staged_path
 from dicom_io.pacs.store import StoreReport, store_files
@@ -51,5 +52,5 @@ __all__ = [
     "StagingWriter", "StorageSCP", "StoreOutcome", "StoreReport", "StudyMatch", "SubOperations",
     "Timeouts", "TlsOptions", "discover_gsps", "echo", "find", "find_in_window", "find_instances",
     "find_series", "find_studies", "gate_for", "harvest_window", "open_association", "referenced_series", "retrieve", "staged_path",
-    "store_files",
+    "store_files", "WindowPolicy",
 ]

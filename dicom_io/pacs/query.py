@@ -1,6 +1,7 @@
 """C-ECHO and Study Root C-FIND at study, series and image level; GSPS discovery in a date window.
 
-Queries that hit the PACS's result limit are split into smaller date windows automatically.
+Queries that hit the PACS's result limit are split automatically: into smaller date windows, then
+a single day into StudyTime ranges.
 
 Example
 -------
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -163,27 +164,99 @@ def _hit_limit(pacs: PacsSettings, result: FindResult) -> bool:
     return not result.complete or (limit is not None and len(result.matches) >= limit)
 
 
+#: One C-FIND with the given matching keys (on an association the caller holds open).
+Query = Callable[[Mapping[str, str]], FindResult]
+
+
 def find_in_window(pacs: PacsSettings, local: LocalAE, level: QueryLevel, start: dt.date,
                    end: dt.date, keys: Mapping[str, str] | None = None,
                    return_keys: Iterable[str] | None = None) -> list[Dataset]:
-    """C-FIND over StudyDate ``start..end``, halving the window while the result limit is hit.
+    """C-FIND over StudyDate ``start..end``, split while the PACS's result limit is hit: the
+    date window in halves, then a single day into StudyTime ranges (:func:`split_day`).
 
-    Raises :class:`QueryFailedError` if even a single day exceeds the PACS's limit.
+    Every query of the split runs on one association (retried as a whole when the PACS is busy).
+    Raises :class:`QueryFailedError` when even one second of StudyTime exceeds the limit.
     """
     if end < start:
         raise ValueError(f"Invalid date window {start}..{end} - end before start")
-    keys = {**(keys or {}), "StudyDate": _date_range(start, end)}
-    result = find(pacs, local, level, keys, return_keys)
+    return_keys = list(return_keys) if return_keys is not None else None
+
+    def attempt() -> list[Dataset]:
+        with open_association(pacs, local, [build_context(
+                StudyRootQueryRetrieveInformationModelFind)]) as assoc:
+            def query(matching: Mapping[str, str]) -> FindResult:
+                return find_on(assoc, pacs, make_identifier(level, matching, return_keys))
+
+            return split_dates(pacs, query, start, end, dict(keys or {}))
+
+    return retry_with_backoff(pacs, attempt, lambda e: isinstance(e, PacsBusyError))
+
+
+def split_dates(pacs: PacsSettings, query: Query, start: dt.date, end: dt.date,
+                keys: Mapping[str, str]) -> list[Dataset]:
+    """Matches of ``keys`` with StudyDate ``start..end``, halving the window over the limit."""
+    dated = {**keys, "StudyDate": _date_range(start, end)}
+    result = query(dated)
     if not _hit_limit(pacs, result):
         return list(result.matches)
     if start == end:
-        raise QueryFailedError(f"PACS {pacs.address}: more C-FIND matches on {start} than its "
-                               "result limit allows; narrow the query")
+        return split_day(pacs, query, start, keys, capped=result)
     mid = start + (end - start) // 2
     logger.info("C-FIND %s..%s hit the result limit; splitting at %s", start, end, mid)
-    return (find_in_window(pacs, local, level, start, mid, keys, return_keys)
-            + find_in_window(pacs, local, level, mid + dt.timedelta(days=1), end, keys,
-                             return_keys))
+    return (split_dates(pacs, query, start, mid, keys)
+            + split_dates(pacs, query, mid + dt.timedelta(days=1), end, keys))
+
+
+def split_day(pacs: PacsSettings, query: Query, day: dt.date, keys: Mapping[str, str],
+              capped: FindResult) -> list[Dataset]:
+    """Matches of ``keys`` on one StudyDate, by StudyTime ranges halved while over the limit.
+
+    Range matching never returns a study without a StudyTime, so every match of the capped
+    whole-day answer ``capped`` must be found again; one that is not raises
+    :class:`QueryFailedError`. A PACS that cuts its answer shows only part of the day there, so
+    a study without StudyTime beyond the cut goes unnoticed (see README, PACS settings).
+    """
+    logger.info("C-FIND of %s hit the result limit; splitting it by StudyTime", day)
+    dated = {**keys, "StudyDate": f"{day:%Y%m%d}"}
+    found = _split_times(pacs, query, day, 0, 86399, dated)
+    seen = {_identity(d) for d in found}
+    lost = [d for d in capped.matches if any(_identity(d)) and _identity(d) not in seen]
+    if lost:
+        raise QueryFailedError(
+            f"PACS {pacs.address}: {day} has more C-FIND matches than its result limit and "
+            f"{len(lost)} of them match no StudyTime range (StudyTime empty: "
+            f"{sum(not str(d.get('StudyTime', '')) for d in lost)}); narrow the query")
+    return found
+
+
+def _split_times(pacs: PacsSettings, query: Query, day: dt.date, first: int, last: int,
+                 keys: Mapping[str, str]) -> list[Dataset]:
+    """Matches with StudyTime in seconds ``first..last`` of the day, halving the range."""
+    result = query({**keys, "StudyTime": f"{_tm(first)}-{_tm(last, upper=True)}"})
+    if not _hit_limit(pacs, result):
+        return list(result.matches)
+    if first == last:
+        raise QueryFailedError(f"PACS {pacs.address}: more C-FIND matches on {day} at "
+                               f"{_tm(first, upper=True)[:6]} than its result limit allows; "
+                               "narrow the query")
+    mid = (first + last) // 2
+    return (_split_times(pacs, query, day, first, mid, keys)
+            + _split_times(pacs, query, day, mid + 1, last, keys))
+
+
+def _tm(second: int, *, upper: bool = False) -> str:
+    """A TM bound for second ``second`` of the day: an upper bound covers the whole second
+    (``HHMMSS.999999``); a lower bound drops trailing zero fields (``16`` for 16:00:00), so that
+    PACSs comparing TM as text (Orthanc) still match values stored as ``HH`` or ``HHMM``."""
+    h, m, s = second // 3600, second // 60 % 60, second % 60
+    if upper:
+        return f"{h:02d}{m:02d}{s:02d}.999999"
+    return f"{h:02d}" + (f"{m:02d}" if m or s else "") + (f"{s:02d}" if s else "")
+
+
+def _identity(ds: Dataset) -> tuple[str, str, str]:
+    return tuple(str(ds.get(k, "")) for k in  # type: ignore[return-value]
+                 ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
 
 
 def find_studies(pacs: PacsSettings, local: LocalAE, start: dt.date, end: dt.date
@@ -247,5 +320,5 @@ def _unique(items: list[InstanceMatch]) -> list[InstanceMatch]:
 
 
 __all__ = ["FindResult", "InstanceMatch", "PacsError", "QueryLevel", "SeriesMatch", "StudyMatch",
-           "discover_gsps", "echo", "find", "find_in_window", "find_instances", "find_series",
-           "find_studies", "make_identifier"]
+           "discover_gsps", "echo", "find", "find_in_window", "find_instances",
+           "find_series", "find_studies", "make_identifier", "split_dates", "split_day"]

@@ -4,6 +4,13 @@ A retrieval counts only files that are on disk in the staging area: the PACS's s
 counts are reported but never trusted alone ("success but nothing arrived" is a failure). Instances
 already staged are skipped, so calling :func:`retrieve` again resumes with the missing ones only.
 
+With ``associations`` > 1 each attempt is split into parts, one run of one series' instances
+each, asked for with an IMAGE-level identifier listing their SOP Instance UIDs (PS3.4 Annex C
+allows a list of UIDs in the unique key of the retrieve level), side by side on up to that many
+associations (never more than the PACS's ``max_associations``), each in a worker process. C-GET
+instances are stored by the workers; C-MOVE ones still arrive at our one storage SCP. See
+:mod:`dicom_io.pacs.parallel` for why and how the cap holds.
+
 Example
 -------
 >>> report = retrieve(pacs, local, staging, study_uid, series_uid)  # doctest: +SKIP
@@ -12,9 +19,11 @@ Example
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import BrokenExecutor, Executor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +51,9 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from dicom_io.pacs.association import BUSY_STATUSES, build_context, open_association
+from dicom_io.pacs.association import BUSY_STATUSES, Gate, build_context, gate_for, open_association
 from dicom_io.pacs.errors import PacsError, PacsTimeoutError, RetrievalIncompleteError
+from dicom_io.pacs.parallel import run_size, side_by_side, split, worker_pool
 from dicom_io.pacs.query import InstanceMatch, QueryLevel, find_instances
 from dicom_io.pacs.settings import LocalAE, PacsSettings, RetrieveMethod
 from dicom_io.pacs.storage import Delivery, StagingWriter, StorageSCP, StoreOutcome, staged_path
@@ -58,6 +68,8 @@ DEFAULT_GET_CLASSES = (CTImageStorage, EnhancedCTImageStorage, MRImageStorage,
 GET_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1,
                          JPEG2000Lossless, JPEGLSLossless, RLELossless,
                          DeflatedExplicitVRLittleEndian)
+#: Fewest instances worth an association of their own in a split retrieval.
+MIN_PART = 16
 
 
 @dataclass
@@ -73,6 +85,12 @@ class SubOperations:
         self.completed += int(status.get("NumberOfCompletedSuboperations", 0) or 0)
         self.failed += int(status.get("NumberOfFailedSuboperations", 0) or 0)
         self.warning += int(status.get("NumberOfWarningSuboperations", 0) or 0)
+
+    def include(self, other: SubOperations) -> None:
+        """Add the counts of another part of the same retrieval."""
+        self.completed += other.completed
+        self.failed += other.failed
+        self.warning += other.warning
 
 
 @dataclass
@@ -119,15 +137,21 @@ class RetrievalReport:
 def retrieve(pacs: PacsSettings, local: LocalAE, staging: Path, study_uid: str,
              series_uid: str | None = None, *, method: RetrieveMethod | None = None,
              expected: Sequence[InstanceMatch] | None = None, scp: StorageSCP | None = None,
-             attempts: int = 3, on_delivery: Callable[[Delivery], None] | None = None
-             ) -> RetrievalReport:
+             attempts: int = 3, on_delivery: Callable[[Delivery], None] | None = None,
+             associations: int = 1) -> RetrievalReport:
     """Bring every instance of a study (or one series) into ``staging``; verify and retry.
 
     ``expected`` defaults to an image-level C-FIND. For C-MOVE, ``scp`` is a running
     :class:`StorageSCP` writing into ``staging``; without it one is started for the call on
     ``local.store_port`` accepting the PACS's AE title. Retries ask only for missing instances.
+    ``associations`` > 1 splits each attempt over that many associations at once, at most
+    ``pacs.max_associations`` (``on_delivery`` then hears of a C-GET part's instances when the
+    part ends).
     """
     method = RetrieveMethod(method or pacs.method)
+    if isinstance(associations, bool) or not isinstance(associations, int) or associations < 1:
+        raise ValueError(f"Invalid 'associations' value '{associations}' - must be an int >= 1")
+    associations = min(associations, pacs.max_associations)
     staging = Path(staging)
     expected = list(expected) if expected is not None else find_instances(
         pacs, local, study_uid, series_uid)
@@ -147,7 +171,10 @@ def retrieve(pacs: PacsSettings, local: LocalAE, staging: Path, study_uid: str,
                 break
             if n > 1:
                 time.sleep(pacs.backoff.delay(n - 1))
-            _attempt(pacs, local, writer, report, expected, missing, whole=not present)
+            if associations > 1 and len(missing) >= 2 * MIN_PART:
+                _attempt_in_parts(pacs, local, writer, report, expected, missing, associations)
+            else:
+                _attempt(pacs, local, writer, report, expected, missing, whole=not present)
     end = _present(staging, expected)
     report.received = len(end - start)
     report.missing = tuple(sorted(i.sop_instance_uid for i in expected
@@ -173,21 +200,32 @@ def _writer(stack: ExitStack, pacs: PacsSettings, local: LocalAE, staging: Path,
 
 def _attempt(pacs: PacsSettings, local: LocalAE, writer: StagingWriter, report: RetrievalReport,
              expected: list[InstanceMatch], missing: list[InstanceMatch], whole: bool) -> None:
-    report.attempts += 1
-    errors_before = len(report.errors)
     identifiers = ([_identifier(report.study_instance_uid, report.series_instance_uid)]
                    if whole else [_identifier(i.study_instance_uid, i.series_instance_uid,
                                               i.sop_instance_uid) for i in missing])
-    with writer.watch(i.sop_instance_uid for i in expected) as tally:
-        before = writer.counts.total()
+
+    def request() -> None:
         try:
             if report.method is RetrieveMethod.MOVE:
                 _move(pacs, local, identifiers, report)
             else:
-                _get(pacs, local, writer, identifiers, report, expected)
+                _get(pacs, local, writer, identifiers, report, _get_classes(expected))
         except PacsError as exc:
             report.errors.append(str(exc))
             logger.warning("retrieval attempt %d: %s", report.attempts, exc)
+
+    _counted(pacs, writer, report, expected, missing, request)
+
+
+def _counted(pacs: PacsSettings, writer: StagingWriter, report: RetrievalReport,
+             expected: list[InstanceMatch], missing: list[InstanceMatch],
+             request: Callable[[], None]) -> None:
+    """Run one attempt's ``request`` and count what the writer saw arrive meanwhile."""
+    report.attempts += 1
+    errors_before = len(report.errors)
+    with writer.watch(i.sop_instance_uid for i in expected) as tally:
+        before = writer.counts.total()
+        request()
         report.duplicates += tally.outcomes[StoreOutcome.DUPLICATE]
         report.failed += tally.outcomes[StoreOutcome.FAILED]
         report.unexpected += max(0, writer.counts.total() - before - tally.outcomes.total())
@@ -196,7 +234,76 @@ def _attempt(pacs: PacsSettings, local: LocalAE, writer: StagingWriter, report: 
                              f"{len(missing)} requested instances arrived")
 
 
-def _identifier(study: str, series: str | None, sop: str | None = None) -> Dataset:
+def _attempt_in_parts(pacs: PacsSettings, local: LocalAE, writer: StagingWriter,
+                      report: RetrievalReport, expected: list[InstanceMatch],
+                      missing: list[InstanceMatch], associations: int) -> None:
+    """One attempt split into parts (runs of one series' missing instances), side by side.
+
+    Each part's association runs in a worker process of a pool made for the attempt (from the
+    warm forkserver: ~20 ms), so a worker that died takes no later attempt with it. C-GET
+    instances are stored by the worker; C-MOVE ones by our storage SCP, here.
+    """
+    size = run_size(len(missing), associations, MIN_PART)
+    by_series: dict[str, list[InstanceMatch]] = {}
+    for i in missing:
+        by_series.setdefault(i.series_instance_uid, []).append(i)
+    parts = [_identifier(run[0].study_instance_uid, run[0].series_instance_uid,
+                         [i.sop_instance_uid for i in run])
+             for series in by_series.values() for run in split(series, size)]
+    classes = _get_classes(expected)
+    gate = gate_for(pacs)
+
+    def one(workers: Executor, identifier: Dataset) -> RetrievalReport:
+        with gate.slot():  # the worker's association counts against this process's cap
+            try:
+                deliveries, part = workers.submit(_part_in_worker, pacs, local, writer.staging,
+                                                  identifier, report.method, classes).result()
+            except BrokenExecutor as exc:
+                part = _part_report(identifier, report.method)
+                part.errors.append(f"worker process ended abruptly ({exc})")
+                return part
+        for delivery in deliveries:
+            writer.record(delivery)
+        return part
+
+    def request() -> None:
+        with worker_pool(associations) as workers:
+            done = side_by_side(functools.partial(one, workers), parts, associations)
+        for part in done:
+            report.suboperations.include(part.suboperations)
+            for error in part.errors:
+                report.errors.append(error)
+                logger.warning("retrieval attempt %d: %s", report.attempts, error)
+
+    _counted(pacs, writer, report, expected, missing, request)
+
+
+def _part_report(identifier: Dataset, method: RetrieveMethod) -> RetrievalReport:
+    return RetrievalReport(identifier.StudyInstanceUID, identifier.SeriesInstanceUID, method)
+
+
+def _part_in_worker(pacs: PacsSettings, local: LocalAE, staging: Path, identifier: Dataset,
+                    method: RetrieveMethod, classes: list[str]
+                    ) -> tuple[list[Delivery], RetrievalReport]:
+    """One part, in a worker process: what it stored into ``staging`` (C-GET; C-MOVE instances
+    go to our storage SCP) and the PACS's word. Its association goes through a private one-slot
+    gate: the caller holds the slot of the cap.
+    """
+    deliveries: list[Delivery] = []
+    part = _part_report(identifier, method)
+    gate = Gate(1, pacs.max_rate)
+    try:
+        if method is RetrieveMethod.MOVE:
+            _move(pacs, local, [identifier], part, gate=gate)
+        else:
+            _get(pacs, local, StagingWriter(staging, deliveries.append), [identifier], part,
+                 classes, gate=gate)
+    except PacsError as exc:
+        part.errors.append(str(exc))
+    return deliveries, part
+
+
+def _identifier(study: str, series: str | None, sop: str | list[str] | None = None) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = (QueryLevel.IMAGE if sop else
                              QueryLevel.SERIES if series else QueryLevel.STUDY).value
@@ -209,21 +316,25 @@ def _identifier(study: str, series: str | None, sop: str | None = None) -> Datas
 
 
 def _move(pacs: PacsSettings, local: LocalAE, identifiers: list[Dataset],
-          report: RetrievalReport) -> None:
+          report: RetrievalReport, gate: Gate | None = None) -> None:
     model = StudyRootQueryRetrieveInformationModelMove
-    with open_association(pacs, local, [build_context(model)]) as assoc:
+    with open_association(pacs, local, [build_context(model)], gate=gate) as assoc:
         for ds in identifiers:
             _drain(pacs, assoc.send_c_move(ds, local.ae_title, model), report, "C-MOVE")
 
 
+def _get_classes(expected: list[InstanceMatch]) -> list[str]:
+    """Storage classes to offer for C-GET: those the C-FIND reported, then the defaults."""
+    return list(dict.fromkeys([*(i.sop_class_uid for i in expected if i.sop_class_uid),
+                               *DEFAULT_GET_CLASSES]))[:120]
+
+
 def _get(pacs: PacsSettings, local: LocalAE, writer: StagingWriter, identifiers: list[Dataset],
-         report: RetrievalReport, expected: list[InstanceMatch]) -> None:
+         report: RetrievalReport, classes: list[str], gate: Gate | None = None) -> None:
     model = StudyRootQueryRetrieveInformationModelGet
-    classes = list(dict.fromkeys([*(i.sop_class_uid for i in expected if i.sop_class_uid),
-                                  *DEFAULT_GET_CLASSES]))[:120]
     contexts = [build_context(model)] + [build_context(c, GET_TRANSFER_SYNTAXES) for c in classes]
     roles = [build_role(c, scp_role=True) for c in classes]
-    with open_association(pacs, local, contexts, ext_neg=roles,
+    with open_association(pacs, local, contexts, ext_neg=roles, gate=gate,
                           evt_handlers=[(evt.EVT_C_STORE, writer.handle_store)]) as assoc:
         for ds in identifiers:
             _drain(pacs, assoc.send_c_get(ds, model), report, "C-GET")

@@ -25,6 +25,13 @@ _AET = re.compile(r"^[\x20-\x7e]{1,16}$")
 _ADDRESS = re.compile(r"^(?P<aet>[^@]+)@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d+)$")
 
 
+class WindowPolicy(StrEnum):
+    """What opening an association outside the harvest window does: wait for it, or fail."""
+
+    WAIT = "wait"
+    FAIL = "fail"
+
+
 class RetrieveMethod(StrEnum):
     """How instances come back from the PACS: C-MOVE into our storage SCP, or C-GET."""
 
@@ -92,7 +99,12 @@ class Backoff:
 
 @dataclass(frozen=True)
 class TlsOptions:
-    """TLS for the association: CA bundle to verify the PACS, optional client certificate."""
+    """TLS for associations: our certificate and key, and the CA bundle we trust.
+
+    As a client (``PacsSettings.tls``) the CA verifies the PACS and the certificate is optional
+    (needed when the PACS requires client certificates). For our storage SCP (``LocalAE.tls``)
+    the certificate is required and the CA, when given, verifies the PACS calling us.
+    """
 
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -112,6 +124,19 @@ class TlsOptions:
             ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
         return ctx
 
+    def server_context(self) -> ssl.SSLContext:
+        """An ``ssl.SSLContext`` for our storage SCP (requires callers' certificates when a CA is
+        given)."""
+        if self.cert_file is None:
+            raise ValueError("Invalid 'tls' - a TLS server needs cert_file and key_file")
+        ctx = ssl.create_default_context(
+            ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca_file) if self.ca_file else None
+        )
+        ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        if self.ca_file is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
 
 @dataclass(frozen=True)
 class HarvestWindow:
@@ -124,16 +149,25 @@ class HarvestWindow:
     start: dt.time
     end: dt.time
 
+    def __post_init__(self) -> None:
+        if self.start == self.end:
+            raise ValueError(f"Invalid 'harvest_window' value '{self}' - start equals end; "
+                             "leave the window unset to allow any time")
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
     @classmethod
     def parse(cls, text: str) -> HarvestWindow:
         """Parse ``HH:MM-HH:MM``."""
         try:
             a, b = text.split("-")
-            return cls(dt.time.fromisoformat(a.strip()), dt.time.fromisoformat(b.strip()))
+            start, end = dt.time.fromisoformat(a.strip()), dt.time.fromisoformat(b.strip())
         except ValueError as e:
             raise ValueError(
                 f"Invalid 'harvest_window' value '{text}' - expected HH:MM-HH:MM"
             ) from e
+        return cls(start, end)
 
     def contains(self, moment: dt.time) -> bool:
         """Whether ``moment`` (local time of day) falls inside the window."""
@@ -159,6 +193,9 @@ class PacsSettings:
 
     ``max_associations`` caps simultaneous associations from this process, ``max_rate`` caps
     association openings per second, ``result_limit`` is the PACS's C-FIND result cap when known.
+    Outside ``harvest_window``, opening an association waits for the window to open
+    (``window_policy`` "wait", at most ``window_max_wait`` seconds, else it fails at once) or
+    fails ("fail"); an association already open is not interrupted when the window closes.
     """
 
     ae_title: str
@@ -171,6 +208,8 @@ class PacsSettings:
     max_associations: int = 2
     max_rate: float = 5.0
     harvest_window: HarvestWindow | None = None
+    window_policy: WindowPolicy = WindowPolicy.WAIT
+    window_max_wait: float = 86400.0
     result_limit: int | None = None
     max_pdu: int = 0  # 0 = unlimited
 
@@ -183,6 +222,14 @@ class PacsSettings:
             object.__setattr__(self, "method", RetrieveMethod(self.method))
         except ValueError as e:
             raise ValueError(f"Invalid 'pacs.method' value '{self.method}' - use move or get") from e
+        try:
+            object.__setattr__(self, "window_policy", WindowPolicy(self.window_policy))
+        except ValueError as e:
+            raise ValueError(f"Invalid 'window_policy' value '{self.window_policy}' - use wait "
+                             "or fail") from e
+        if not self.window_max_wait >= 0:
+            raise ValueError(f"Invalid 'window_max_wait' value '{self.window_max_wait}' - must "
+                             "be >= 0 s")
         if self.max_associations < 1:
             raise ValueError(f"Invalid 'max_associations' value '{self.max_associations}' - >= 1")
         if not self.max_rate > 0:
@@ -215,16 +262,20 @@ class LocalAE:
     """Ourselves: our AE title, the port of our storage SCP and who may send to it.
 
     An empty ``allowed_callers`` means only the PACS we retrieve from may call us (the caller must
-    pass it explicitly); there is no accept-anyone mode.
+    pass it explicitly); there is no accept-anyone mode. With ``tls`` our SCP accepts only TLS
+    (the PACS must then send C-MOVE results over TLS too).
     """
 
     ae_title: str = "SAM2CT"
     store_port: int = 11113
     allowed_callers: tuple[str, ...] = ()
     bind_address: str = ""
+    tls: TlsOptions | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title("ae_title", self.ae_title))
         check_port("store_port", self.store_port)
         callers = tuple(check_ae_title("allowed_callers", c) for c in self.allowed_callers)
         object.__setattr__(self, "allowed_callers", callers)
+        if self.tls is not None and self.tls.cert_file is None:
+            raise ValueError("Invalid 'local.tls' - our storage SCP needs cert_file and key_file")

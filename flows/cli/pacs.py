@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--series", help="SeriesInstanceUID (default: the whole study)")
     p.add_argument("--out", required=True, type=Path, help="staging folder")
     p.add_argument("--method", choices=("move", "get"), help="default: SAM2CT_PACS_METHOD")
+    p.add_argument("--associations", type=int, default=1, metavar="N",
+                   help="split a large retrieval over N associations at once, in worker "
+                        "processes (at most the PACS's association cap, 2)")
     p.set_defaults(func=run_retrieve)
 
     p = pacs_sub.add_parser("store", parents=[common], help="C-STORE files to the PACS")
@@ -170,6 +173,8 @@ def run_retrieve(args: argparse.Namespace) -> int:
     from dicom_io.pacs import find_instances, retrieve
     from flows.cli import CommandError
 
+    if args.associations < 1:
+        raise CommandError(f"Invalid '--associations' value {args.associations} - must be >= 1")
     pacs, local = _endpoints(args)
     expected = _call(lambda: find_instances(pacs, local, args.study, args.series))
     if not expected:
@@ -178,7 +183,8 @@ def run_retrieve(args: argparse.Namespace) -> int:
     with tqdm(total=len(expected), unit="inst", file=sys.stderr, disable=None,
               desc=f"C-{pacs.method.value.upper()}") as bar:
         report = _call(lambda: retrieve(pacs, local, args.out, args.study, args.series,
-                                        expected=expected, on_delivery=lambda d: bar.update()))
+                                        expected=expected, on_delivery=lambda d: bar.update(),
+                                        associations=args.associations))
     data = dataclasses.asdict(report)
     data["method"] = report.method.value
     data["missing"] = list(report.missing)
