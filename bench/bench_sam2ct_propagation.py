@@ -2,7 +2,20 @@
 
 Same SAM2.1 Hiera-T config, same random weights, same volume (written as JPEG frames for sam2),
 same prompt slice, both directions, in one run. Prints seconds per slice and the ratio
-ours / sam2 (goal <= 1.0). Run: .venv/bin/python bench/bench_sam2ct_propagation.py --size 256
+ours / sam2 (goal <= 1.0), as wall time and as process CPU time (the machine may be shared: with
+one torch thread, CPU time is what the work costs, wall time adds waiting for a core), each the
+best of ``--repeats`` interleaved runs; then both predictors' CPU time per slice in each SAM2
+module and outside them (one more run each, with module hooks).
+
+What is timed, both sides encoding every visited slice once:
+- ours: HU windowing and resizing of the volume, image encoding, prompt decode, both directions
+  (memory attention, decoder, MCM memory encoding), masks resampled to the native grid and moved
+  to numpy;
+- sam2: ``add_new_points_or_box`` (encodes the prompt frame) and ``propagate_in_video`` forward
+  then reverse (encodes every frame, its cache holds one frame; masks resized to the video size).
+  Not timed: ``init_state`` (JPEG decoding, resizing and normalising every frame, and one
+  warm-up encode of frame 0), so sam2's pre-processing is free and ours is not.
+Run: .venv/bin/python bench/bench_sam2ct_propagation.py --size 256 --threads 1
 """
 
 from __future__ import annotations
@@ -39,31 +52,90 @@ def write_frames(volume: np.ndarray, folder: Path) -> None:
         Image.fromarray(plane).convert("RGB").save(folder / f"{i:05d}.jpg", quality=95)
 
 
-def time_ours(model, volume, coords, labels, index, config, device) -> tuple[float, int]:
-    """Seconds and slices visited for one bidirectional SAM2CT propagation."""
-    start = time.perf_counter()
-    with torch.inference_mode():
+class Clock:
+    """Wall and process CPU seconds of a block."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = -time.perf_counter(), -time.process_time()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.wall += time.perf_counter()
+        self.cpu += time.process_time()
+
+
+class ModuleClock:
+    """Process CPU seconds spent inside each of a SAM2 model's main modules (forward hooks).
+
+    CPU only: on a GPU the hooks would time kernel launches, not kernels.
+    """
+
+    MODULES = ("image_encoder", "memory_attention", "sam_mask_decoder", "memory_encoder")
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.seconds = dict.fromkeys(self.MODULES, 0.0)
+        self.handles = []
+        for name in self.MODULES:
+            module = getattr(model, name)
+            self.handles.append(module.register_forward_pre_hook(self._start(name)))
+            self.handles.append(module.register_forward_hook(self._stop(name)))
+
+    def _start(self, name: str):
+        def hook(_module, _args) -> None:
+            self.seconds[name] -= time.process_time()
+        return hook
+
+    def _stop(self, name: str):
+        def hook(_module, _args, _out) -> None:
+            self.seconds[name] += time.process_time()
+        return hook
+
+    def reset(self) -> None:
+        """Forget what was counted so far (sam2's untimed ``init_state`` encodes a frame)."""
+        self.seconds = dict.fromkeys(self.MODULES, 0.0)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def run_ours(model, volume, coords, labels, index, config, device) -> tuple[Clock, int]:
+    """Clock and slices visited for one bidirectional SAM2CT propagation."""
+    with Clock() as clock, torch.inference_mode():
         result = propagate(model, volume, coords, labels, index, config)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, len(result.visited)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return clock, len(result.visited)
 
 
-def time_sam2(predictor, frames: Path, coords, index, device) -> tuple[float, int]:
-    """Seconds and frames visited for sam2's predictor: prompt, forward, then reverse."""
+def run_sam2(predictor, frames: Path, coords, index, device,
+             modules: ModuleClock | None = None) -> tuple[Clock, int]:
+    """Clock and frames visited for sam2's predictor: prompt, forward, then reverse."""
     state = predictor.init_state(str(frames))  # frame loading is not timed
-    start = time.perf_counter()
+    if modules is not None:
+        modules.reset()
     visited = 0
-    with torch.inference_mode():
+    with Clock() as clock, torch.inference_mode():
         predictor.add_new_points_or_box(state, index, 1, points=coords,
                                         labels=np.ones(len(coords), np.int32),
                                         normalize_coords=False)
         for reverse in (False, True):
             for _ in predictor.propagate_in_video(state, start_frame_idx=index, reverse=reverse):
                 visited += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, visited - 1  # the prompt frame is yielded twice
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return clock, visited - 1  # the prompt frame is yielded twice
+
+
+def print_modules(name: str, model, run) -> None:
+    """CPU ms per slice in each SAM2 module and outside them, for one more run."""
+    modules = ModuleClock(model)
+    try:
+        clock, visited = run(modules)
+    finally:
+        modules.remove()
+    parts = dict(modules.seconds, other=clock.cpu - sum(modules.seconds.values()))
+    print(f"  {name:<20} " + "  ".join(f"{k} {v / visited * 1000:6.1f}" for k, v in parts.items()))
 
 
 def main() -> None:
@@ -92,24 +164,38 @@ def main() -> None:
     c = args.side / 2
     native = np.array([[c - args.side / 5, c], [c + args.side / 5, c]])
     model_coords = native * (args.size / args.side)
+    labels = np.array([4, 4])
+
+    def ours_run(_modules=None):
+        return run_ours(ours, volume, model_coords, labels, index, config, device)
+
     with tempfile.TemporaryDirectory() as tmp:
         write_frames(volume, Path(tmp))
-        time_sam2(predictor, Path(tmp), native, index, device)  # warm-up
-        time_ours(ours, volume, model_coords, np.array([4, 4]), index, config, device)
-        rows = []
-        for _ in range(args.repeats):
-            t_ours, n_ours = time_ours(ours, volume, model_coords, np.array([4, 4]), index,
-                                       config, device)
-            t_sam2, n_sam2 = time_sam2(predictor, Path(tmp), native, index, device)
-            rows.append((t_ours / n_ours, t_sam2 / n_sam2, n_ours, n_sam2))
-    ours_s = min(r[0] for r in rows)
-    sam2_s = min(r[1] for r in rows)
-    print(f"device {device}, threads {torch.get_num_threads()}, input {args.size}px, "
-          f"{args.slices} slices of {args.side}px")
-    print(f"slices visited: ours {rows[-1][2]}, sam2 {rows[-1][3]}")
-    print(f"SAM2CT propagation   {ours_s * 1000:8.1f} ms/slice  ({1 / ours_s:6.1f} slices/s)")
-    print(f"SAM2VideoPredictor   {sam2_s * 1000:8.1f} ms/slice  ({1 / sam2_s:6.1f} slices/s)")
-    print(f"ratio ours/sam2      {ours_s / sam2_s:8.2f}  (goal <= 1.0)")
+
+        def sam2_run(modules=None):
+            return run_sam2(predictor, Path(tmp), native, index, device, modules)
+
+        sam2_run()  # warm-up
+        ours_run()
+        runs = []
+        for _ in range(args.repeats):  # interleaved, so load changes hit both sides alike
+            (c_ours, n_ours), (c_sam2, n_sam2) = ours_run(), sam2_run()
+            runs.append((c_ours, n_ours, c_sam2, n_sam2))
+        print(f"device {device}, threads {torch.get_num_threads()}, input {args.size}px, "
+              f"{args.slices} slices of {args.side}px, best of {args.repeats}")
+        print(f"slices visited: ours {runs[-1][1]}, sam2 {runs[-1][3]}")
+        for kind in ("wall", "cpu"):
+            ours_s = min(getattr(r[0], kind) / r[1] for r in runs)
+            sam2_s = min(getattr(r[2], kind) / r[3] for r in runs)
+            print(f"{kind:>4}  SAM2CT propagation   {ours_s * 1000:8.1f} ms/slice  "
+                  f"({1 / ours_s:6.1f} slices/s)")
+            print(f"{kind:>4}  SAM2VideoPredictor   {sam2_s * 1000:8.1f} ms/slice  "
+                  f"({1 / sam2_s:6.1f} slices/s)")
+            print(f"{kind:>4}  ratio ours/sam2      {ours_s / sam2_s:8.2f}  (goal <= 1.0)")
+        if device.type == "cpu":
+            print("CPU ms per slice by module (one more run each):")
+            print_modules("SAM2CT propagation", ours, ours_run)
+            print_modules("SAM2VideoPredictor", predictor, sam2_run)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """GPU check for SAM2CT: training steps on synthetic data, then inference on a LUNG1 series.
 
-Prints training steps/s, propagation slices/s (goal on an H100: >= 100) and peak GPU memory.
+Prints training steps/s, propagation slices/s (goal on an H100: >= 100), peak GPU memory and a
+per-stage breakdown of propagation (encode / memory attention / decode / memory encode /
+resample; host and kernel time, from the profiler).
 Needs torch, sam2 (+ hydra, omegaconf, iopath), numpy, scipy, scikit-image, pydicom; installs
 nothing. Run through bench/gpu_check.sh LUNG1_DIR [options].
 """
@@ -8,6 +10,7 @@ nothing. Run through bench/gpu_check.sh LUNG1_DIR [options].
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -87,17 +90,26 @@ def lung1_prompt(folder: Path, roi: str):
     return volume, truth, prompt
 
 
-def forced_sweep(model, volume: np.ndarray, prompt: Prompt, config, device) -> None:
-    """Throughput over every slice: the decoder's verdict pinned to 'object present'."""
+@contextlib.contextmanager
+def forced_present(model):
+    """The decoder's verdict pinned to 'object present', so every slice is visited."""
     def hook(_m, _a, out):
         masks, ious, tokens, scores = out
         return torch.full_like(masks, 10.0), ious, tokens, torch.full_like(scores, 10.0)
 
+    handle = model.sam_mask_decoder.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def forced_sweep(model, volume: np.ndarray, prompt: Prompt, config, device) -> None:
+    """Throughput over every slice: the decoder's verdict pinned to 'object present'."""
     from sam2ct.model.preprocess import prompt_points
 
     coords, labels = prompt_points(prompt, volume.shape[1:], config)
-    handle = model.sam_mask_decoder.register_forward_hook(hook)
-    try:
+    with forced_present(model):
         reset_peak(device)
         sync(device)
         start = time.perf_counter()
@@ -105,15 +117,51 @@ def forced_sweep(model, volume: np.ndarray, prompt: Prompt, config, device) -> N
             result = propagate(model, volume, coords, labels, prompt.slice_index, config)
         sync(device)
         seconds = time.perf_counter() - start
-    finally:
-        handle.remove()
     print(f"SWEEP  all {len(result.visited)} slices (decoder forced non-empty): {seconds:.2f} s, "
           f"{len(result.visited) / seconds:.1f} slices/s, peak GPU memory {peak_gib(device)}")
 
 
-def _autocast(device: torch.device):
-    import contextlib
+def stage_breakdown(model, volume: np.ndarray, prompt: Prompt, config, device,
+                    slices: int = 24) -> None:
+    """Per-slice time of each propagation stage (the ``sam2ct.<stage>`` profiler ranges).
 
+    A forced sweep of ``slices`` slices around the prompt (the profiler's event processing is
+    slow) under torch.profiler. ``host`` is CPU time inside the range (on CUDA: issuing the
+    kernels, where a launch-bound run spends its time); ``kernels`` is the GPU time of the
+    kernels issued from it (0 on the CPU); ``other`` is wall time outside every range.
+    Profiler overhead included, so compare stages with each other, not with SWEEP.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from sam2ct.model.preprocess import prompt_points
+    from sam2ct.model.propagate import STAGES
+
+    coords, labels = prompt_points(prompt, volume.shape[1:], config)
+    lo = max(0, prompt.slice_index - slices // 2)
+    volume, index = volume[lo:lo + slices], prompt.slice_index - lo
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with forced_present(model), profile(activities=activities) as prof:
+        start = time.perf_counter()
+        with torch.inference_mode(), _autocast(device):
+            result = propagate(model, volume, coords, labels, index, config)
+        sync(device)
+        seconds = time.perf_counter() - start
+    host, kernels = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0)
+    for event in prof.events():
+        stage = event.name.removeprefix("sam2ct.")
+        if stage in host and event.name != stage and event.device_type == DeviceType.CPU:
+            host[stage] += event.cpu_time_total / 1e3  # ms
+            kernels[stage] += event.device_time_total / 1e3
+    n = len(result.visited)
+    print(f"STAGES ms per slice over {n} slices, profiled ({seconds / n * 1e3:.2f} ms/slice wall):")
+    for stage in STAGES:
+        print(f"  {stage:<17} host {host[stage] / n:8.2f}  kernels {kernels[stage] / n:8.2f}")
+    print(f"  {'other':<17} host {(seconds * 1e3 - sum(host.values())) / n:8.2f}")
+
+
+def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" \
         else contextlib.nullcontext()
 
@@ -137,6 +185,7 @@ def run_inference(model, config, args, device) -> None:
           f"{int(mask.any(axis=(1, 2)).sum())} slices with lesion, Dice vs GTV {dice} "
           f"(random/untrained weights unless --checkpoint), peak GPU memory {peak_gib(device)}")
     forced_sweep(model, volume.array, prompt, config, device)
+    stage_breakdown(model, volume.array, prompt, config, device)
 
 
 def main() -> None:

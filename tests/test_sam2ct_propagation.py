@@ -124,6 +124,76 @@ def test_memory_encoder_receives_memory_conditioned_features(model, volume) -> N
     assert not torch.allclose(encoded[1][0:1], raw, atol=1e-3)
 
 
+def test_cpu_encoder_batch_follows_the_input_size() -> None:
+    from sam2ct.model.propagate import slices_per_encode
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    sizes = {size: slices_per_encode(SAM2CTConfig(image_size=size), cpu)
+             for size in (1024, 512, 256, 128)}
+    assert sizes == {1024: 1, 512: 1, 256: 4, 128: 8}
+    assert slices_per_encode(SMALL, cpu) == SMALL.chunk_size  # never more than a chunk
+    assert slices_per_encode(SAM2CTConfig(image_size=1024), gpu) == 8
+
+
+def test_one_slice_per_encode_encodes_only_the_slices_visited(model, volume,
+                                                              monkeypatch) -> None:
+    import importlib
+
+    module = importlib.import_module("sam2ct.model.propagate")  # the package exports a function
+    monkeypatch.setattr(module, "CPU_PIXELS_PER_ENCODE", 0)  # as at 512 px and more
+    batches: list[int] = []
+    hooks = [model.image_encoder.register_forward_pre_hook(
+        lambda m, a: batches.append(a[0].shape[0])), _forcing(model, {(2, 0), (3, 0)})]
+    try:
+        result = _run(model, volume)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert result.visited == [4, 5, 3, 6, 2, 1]
+    assert batches == [1] * 6  # nothing beyond a direction's stop is encoded
+
+
+def test_every_stage_runs_in_a_named_profiler_range(model, volume, monkeypatch) -> None:
+    """bench/gpu_check.py's per-stage breakdown reads these ``sam2ct.<stage>`` ranges."""
+    import importlib
+    from collections import Counter
+
+    module = importlib.import_module("sam2ct.model.propagate")
+    ranges: Counter[str] = Counter()
+
+    def recording(name: str):
+        ranges[name] += 1
+        return torch.profiler.record_function(name)
+
+    monkeypatch.setattr(module, "record_function", recording)
+    handle = _forcing(model, set())
+    try:
+        _run(model, volume)
+    finally:
+        handle.remove()
+    # 9 slices: prompt + 4 lockstep steps decoded; encoded in chunks 4..7, 0..3, 8
+    assert ranges == {"sam2ct.encode": 3, "sam2ct.memory_attention": 4, "sam2ct.decode": 5,
+                      "sam2ct.memory_encode": 5, "sam2ct.resample": 5}
+    assert {name.removeprefix("sam2ct.") for name in ranges} == set(module.STAGES)
+
+
+def test_chunked_encoding_matches_one_slice_at_a_time(model, volume) -> None:
+    """Chunks of ``chunk_size`` give the features that one slice per call gives."""
+    from sam2ct.model.propagate import ChunkedEncoder
+
+    cpu = torch.device("cpu")
+    chunked = ChunkedEncoder(model, volume, SMALL, cpu, ahead=SMALL.chunk_size)
+    single = ChunkedEncoder(model, volume, SMALL, cpu, ahead=1)
+    order = [(4, 1), (5, 1), (3, -1), (6, 1), (2, -1), (7, 1), (1, -1), (8, 1), (0, -1)]
+    with torch.inference_mode():
+        for index, direction in order:
+            a, b = chunked.get(index, direction), single.get(index, direction)
+            assert torch.allclose(a.vision_feat, b.vision_feat, atol=1e-4), f"slice {index}"
+            for x, y in zip(a.high_res, b.high_res, strict=True):
+                assert torch.allclose(x, y, atol=1e-4), f"slice {index}"
+    assert single.encoded == chunked.encoded == 9 and not chunked.cache and not single.cache
+
+
 def test_lockstep_directions_match_one_direction_at_a_time(model, volume) -> None:
     """Batching the two directions gives the memories that 'up, clear, then down' gives."""
     from sam2ct.model.memory import MemoryBank

@@ -35,8 +35,9 @@ class SAM2CTConfig:
     ``image_size`` is the model input size (1024 as published; smaller sizes build the same
     weights and serve tests). ``mem_distance`` / ``ptr_distance``: the memory bank keeps
     non-conditioning memories of slices at |d| <= 6 and object pointers at |d| <= 8.
-    ``chunk_size``: slices encoded per image-encoder batch. ``arrow_second_point`` *(choice)*:
-    distance in 1024-space pixels from the arrow head to the label-5 point along head->tail.
+    ``chunk_size``: slices encoded per image-encoder batch on an accelerator (at most; the CPU
+    uses fewer, see ``propagate.slices_per_encode``). ``arrow_second_point`` *(choice)*: distance in 1024-space pixels
+    from the arrow head to the label-5 point along head->tail.
     ``hu_window``: HU clipped to this range then scaled to [0, 1].
 
     Example

@@ -1,8 +1,11 @@
 """3D propagation from the prompted slice, both directions, with the empty-mask stop rule.
 
 Per slice: memory attention against the bank, SAM2's mask decoder, MCM memory encoding. Slices are
-encoded in chunks (``SAM2CTConfig.chunk_size``) only when propagation reaches them. The same step
-functions serve training (with gradients) and inference (under ``torch.inference_mode``).
+encoded only when propagation reaches them, in chunks of ``SAM2CTConfig.chunk_size`` on an
+accelerator and of a size that suits the caches on the CPU (``slices_per_encode``). The same step
+functions serve training (with gradients) and inference (under ``torch.inference_mode``). Each
+stage runs inside a ``torch.profiler.record_function`` range ``sam2ct.<stage>`` (``STAGES``), so a
+profiler run gives a per-stage breakdown; outside a profiler the ranges cost microseconds.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sam2.modeling.sam2_base import SAM2Base
+from torch.profiler import record_function
 
 from sam2ct.model.config import SAM2CTConfig
 from sam2ct.model.memory import MemoryBank, SliceMemory, condition_features, encode_memory
 from sam2ct.model.preprocess import point_inputs, preprocess_slices
+
+STAGES = ("encode", "memory_attention", "decode", "memory_encode", "resample")
 
 
 @dataclass
@@ -56,10 +62,12 @@ def _decode(model: SAM2Base, feats: SliceFeatures, conditioned: torch.Tensor,
             points: dict[str, torch.Tensor] | None, multimask: bool, binarize: bool
             ) -> StepOutput:
     """Mask decoder on memory-conditioned features, then MCM memory encoding."""
-    multi, _, ious, _, high, obj_ptr, score = model._forward_sam_heads(
-        backbone_features=conditioned, point_inputs=points, high_res_features=feats.high_res,
-        multimask_output=multimask)
-    mem_feat, mem_pos = encode_memory(model, conditioned, high, score, binarize)
+    with record_function("sam2ct.decode"):
+        multi, _, ious, _, high, obj_ptr, score = model._forward_sam_heads(
+            backbone_features=conditioned, point_inputs=points, high_res_features=feats.high_res,
+            multimask_output=multimask)
+    with record_function("sam2ct.memory_encode"):
+        mem_feat, mem_pos = encode_memory(model, conditioned, high, score, binarize)
     return StepOutput(multi, ious, high, score, SliceMemory(mem_feat, mem_pos, obj_ptr),
                       conditioned)
 
@@ -77,8 +85,9 @@ def track_step(model: SAM2Base, feats: SliceFeatures, banks: Sequence[MemoryBank
                indices: Sequence[int], num_slices: int) -> StepOutput:
     """Propagated slices (one per batch row): memory attention against each row's bank, then
     the decoder without prompt."""
-    conditioned = condition_features(model, feats.vision_feat, feats.vision_pos,
-                                     feats.feat_size, banks, indices, num_slices)
+    with record_function("sam2ct.memory_attention"):
+        conditioned = condition_features(model, feats.vision_feat, feats.vision_pos,
+                                         feats.feat_size, banks, indices, num_slices)
     multimask = model.multimask_output_in_sam and model.multimask_output_for_tracking
     return _decode(model, feats, conditioned, None, multimask, False)
 
@@ -92,23 +101,47 @@ def stack_features(parts: Sequence[SliceFeatures]) -> SliceFeatures:
                          [torch.cat([p.high_res[k] for p in parts]) for k in range(2)])
 
 
+CPU_PIXELS_PER_ENCODE = 4 * 256 * 256  # image-encoder input pixels per call on the CPU
+
+
+def slices_per_encode(config: SAM2CTConfig, device: torch.device) -> int:
+    """Slices encoded per image-encoder call: ``chunk_size`` on an accelerator, fewer on the CPU.
+
+    A batch keeps a GPU busy. On the CPU a batch saves per-call overhead only while its
+    activations stay in the caches: single thread, least CPU time per slice at batch 8 for
+    128 px, 4 for 256 px, 1 for 512 px (batch 8 there costs 16% more). So a CPU batch holds
+    about ``CPU_PIXELS_PER_ENCODE`` pixels; at 512 px and more it is one slice, and no slice
+    beyond a direction's first empty mask is encoded.
+    """
+    if device.type != "cpu":
+        return config.chunk_size
+    return max(1, min(config.chunk_size, CPU_PIXELS_PER_ENCODE // config.image_size ** 2))
+
+
 class ChunkedEncoder:
-    """Encodes slices of a (z, rows, cols) HU volume in chunks, in the direction of travel."""
+    """Encodes slices of a (z, rows, cols) HU volume in chunks, in the direction of travel.
+
+    ``ahead`` slices per image-encoder call (default ``slices_per_encode``). Each slice is
+    encoded once and leaves the cache when it is handed out.
+    """
 
     def __init__(self, model: SAM2Base, volume: np.ndarray, config: SAM2CTConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, ahead: int | None = None) -> None:
         self.model, self.volume, self.config, self.device = model, volume, config, device
+        self.ahead = ahead or slices_per_encode(config, device)
         self.cache: dict[int, SliceFeatures] = {}
         self.encoded = 0
 
     def get(self, index: int, direction: int) -> SliceFeatures:
         """Features of slice ``index``; encodes the next chunk towards ``direction`` if needed."""
         if index not in self.cache:
-            n, size = self.volume.shape[0], self.config.chunk_size
+            n, size = self.volume.shape[0], self.ahead
             lo, hi = (index, min(n, index + size)) if direction >= 0 else \
                 (max(0, index - size + 1), index + 1)
-            images = preprocess_slices(self.volume[lo:hi], self.config, self.device)
-            self.cache.update(zip(range(lo, hi), encode_images(self.model, images), strict=True))
+            with record_function("sam2ct.encode"):
+                images = preprocess_slices(self.volume[lo:hi], self.config, self.device)
+                self.cache.update(zip(range(lo, hi), encode_images(self.model, images),
+                                      strict=True))
             self.encoded += hi - lo
         return self.cache.pop(index)
 
@@ -135,8 +168,9 @@ class Propagation:
 
 def _native(high_res: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """(B, 1, S, S) logits -> boolean (B, rows, cols) masks on the native grid (same device)."""
-    logits = F.interpolate(high_res.float(), size=shape, mode="bilinear", align_corners=False)
-    return logits[:, 0] > 0
+    with record_function("sam2ct.resample"):
+        logits = F.interpolate(high_res.float(), size=shape, mode="bilinear", align_corners=False)
+        return logits[:, 0] > 0
 
 
 def propagate(model: SAM2Base, volume: np.ndarray, coords: np.ndarray, labels: np.ndarray,
