@@ -23,6 +23,7 @@ import numpy as np
 
 from dicom_io.nifti import write_nifti
 from dicom_io.seg import AlgorithmSpec, SegmentSpec, read_seg_masks, write_seg
+from dicom_io.seg.writer import _cached_header
 from dicom_io.truth import read_truth
 from dicom_io.volume import Volume, load_series
 
@@ -94,6 +95,7 @@ def bench_mask(name: str, volume: Volume, ct_dir: Path, mask: np.ndarray, repeat
         meta.write_text(json.dumps(dcmqi_metadata()))
 
         def ours(out: Path) -> Path:
+            _cached_header.cache_clear()  # read the headers each time, as dcmqi does
             return write_seg(volume, [mask], [SPEC], ALGORITHM, out)
 
         def dcmqi(out: Path) -> Path:

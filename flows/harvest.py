@@ -71,6 +71,8 @@ class _Run:
         self.run_id = self.recorder.record_run(self.record)
         self.summary = RunSummary(str(start), str(end), opts.pacs_aet)
         self.progress = Progress()
+        self.shared: dict[str, GspsTarget] = {}  # staged GSPS drawn on several series
+        self.failed_series: dict[str, str] = {}  # series UID -> stage it failed at
 
     def fail(self, stage: Stage, uid: str, exc: BaseException) -> None:
         """Record a failed object (no patient data: messages name UIDs and the PACS only)."""
@@ -127,6 +129,7 @@ def _stages(run: _Run, start: dt.date, end: dt.date) -> None:
     run.resolve(Stage.DISCOVER, f"window {start}..{end}")
     s.found = len(found)
     done = recorded_presentation_states(run.engine, [g.sop_instance_uid for g in found])
+    done -= held_back(run.engine, done)
     todo = [g for g in found if g.sop_instance_uid not in done]
     s.already_done = s.found - len(todo)
     run.progress.set(10.0, f"{s.found} GSPS found, {len(todo)} to do")
@@ -142,6 +145,7 @@ def _stages(run: _Run, start: dt.date, end: dt.date) -> None:
     run.progress.set(60.0, f"{s.retrieved_series} series retrieved")
     for outcome in _segment(run, jobs):
         _count(run, outcome)
+    _hold_shared(run)
     if opts.store_back and s.seg_paths:
         _store(run)
 
@@ -166,17 +170,27 @@ def _retrieve_gsps(run: _Run, todo: list[InstanceMatch]) -> list[str]:
 
 
 def _jobs(run: _Run, gsps_paths: list[str]) -> list[SeriesJob]:
-    """Group the staged GSPS by the CT series they reference (parse failures recorded)."""
+    """One job per CT series drawn on, with its GSPS (parse failures recorded).
+
+    A GSPS drawn on several series goes to each of their jobs with the list of those series,
+    so each job segments the annotations on its own series and none is lost or done twice.
+    """
     by_series: dict[tuple[str, str], list[str]] = defaultdict(list)
+    shared: dict[str, list[str]] = {}
     for path in gsps_paths:
         try:
             target: GspsTarget = parse_target(path)
         except ITEM_ERRORS as exc:
             run.fail(Stage.PARSE, path.rsplit("/", 1)[-1].removesuffix(".dcm"), exc)
             continue
-        by_series[(target.study_instance_uid, target.series_instance_uid)].append(path)
+        for series in target.series_instance_uids:
+            by_series[(target.study_instance_uid, series)].append(path)
+        if len(target.series_instance_uids) > 1:
+            shared[path] = list(target.series_instance_uids)
+            run.shared[path] = target
     return [SeriesJob(study_instance_uid=study, series_instance_uid=series, series_dir="",
-                      gsps_files=sorted(files))
+                      gsps_files=sorted(files),
+                      gsps_series={f: shared[f] for f in files if f in shared})
             for (study, series), files in sorted(by_series.items())]
 
 
@@ -190,6 +204,7 @@ def _retrieve_series(run: _Run, jobs: list[SeriesJob]) -> list[SeriesJob]:
             folder = future.result()
         except ITEM_ERRORS as exc:
             run.fail(Stage.RETRIEVE, job.series_instance_uid, exc)
+            run.failed_series[job.series_instance_uid] = Stage.RETRIEVE.value
             continue
         run.resolve(Stage.RETRIEVE, job.series_instance_uid)
         ready.append(job.model_copy(update={"series_dir": folder}))
@@ -232,6 +247,7 @@ def _segment_remote(run: _Run, batch: list[SeriesJob], params: dict) -> list[Ser
                              f"{state.name if state else 'without a state'}")
         for job in batch:
             run.fail(Stage.SEGMENT, job.series_instance_uid, error)
+            run.failed_series[job.series_instance_uid] = Stage.SEGMENT.value
         return []
     return [outcome_from_catalog(run.engine, job) for job in batch]
 
@@ -270,6 +286,7 @@ def _count(run: _Run, outcome: SeriesOutcome) -> None:
         s.failed_by_stage["parse"] += outcome.parse_failures
     if outcome.failed_stage:
         s.failed_by_stage[outcome.failed_stage] += 1
+        run.failed_series[outcome.series_instance_uid] = outcome.failed_stage
         return
     s.segmented += outcome.ok
     s.failed_segments += outcome.failed
@@ -279,6 +296,37 @@ def _count(run: _Run, outcome: SeriesOutcome) -> None:
     s.warning = s.warning or outcome.warning
     for stage, seconds in outcome.seconds.items():
         s.seconds[stage] += seconds
+
+
+#: Stage and error class of the failure that holds back a GSPS drawn on a failed series.
+_HOLD = (Stage.SEGMENT, "SeriesFailed")
+
+
+def _hold_shared(run: _Run) -> None:
+    """A GSPS drawn on several series is catalogued once one of them is: when another of its
+    series failed, keep an open failure on the GSPS so the next run redoes it (``held_back``);
+    resolve it once every series worked."""
+    for target in run.shared.values():
+        failed = [s for s in target.series_instance_uids if s in run.failed_series]
+        uid = target.gsps_sop_instance_uid
+        if not failed:
+            run.resolve(_HOLD[0], uid)
+            continue
+        stages = ", ".join(f"{s} at {run.failed_series[s]}" for s in failed)
+        run.recorder.record_failure(FailureRecord(
+            _HOLD[0], uid, _HOLD[1], f"series it is drawn on failed: {stages}; redone next run",
+            run.run_id))
+
+
+def held_back(engine: Engine, uids: set[str]) -> set[str]:
+    """Which of these catalogued GSPS must be redone: one of their series failed."""
+    from db.models import Failure
+
+    stmt = select(Failure.object_uid).where(  # few: only GSPS of several series ever are
+        Failure.stage == _HOLD[0], Failure.error_class == _HOLD[1],
+        Failure.resolved_at.is_(None))
+    with engine.connect() as conn:
+        return set(conn.execute(stmt).scalars()) & uids
 
 
 def _store(run: _Run) -> None:

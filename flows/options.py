@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from dicom_io.pacs import LocalAE, PacsSettings, RetrieveMethod
+from dicom_io.pacs import HarvestWindow, LocalAE, PacsSettings, RetrieveMethod
 from flows.settings import Settings
 
 
@@ -45,11 +45,20 @@ class HarvestOptions(BaseModel):
         None, description="'segment-batch/segment' to run on the GPU pool; None: in-process")
     batch_size: int = Field(4, ge=1, le=256, description="series per segment batch")
     lease_seconds: float = Field(60.0, ge=60, le=3600, description="concurrency slot lease")
+    harvest_window: str | None = Field(
+        None, description="HH:MM-HH:MM local time the PACS may be used (may wrap midnight)")
 
     @field_validator("pacs")
     @classmethod
     def _valid_pacs(cls, value: str) -> str:
         PacsSettings.parse(value)
+        return value
+
+    @field_validator("harvest_window")
+    @classmethod
+    def _valid_window(cls, value: str | None) -> str | None:
+        if value is not None:
+            HarvestWindow.parse(value)
         return value
 
     @classmethod
@@ -64,7 +73,8 @@ class HarvestOptions(BaseModel):
             "allowed_callers": tuple(settings.allowed_callers),
             "catalog_url": settings.catalog_url, "staging_dir": settings.data_dir / "staging",
             "output_dir": settings.data_dir / "seg", "model": settings.model,
-            "device": settings.device,
+            "device": settings.device, "harvest_window": settings.harvest_window,
+            "segment_deployment": settings.segment_deployment,
         }
         values.update(overrides)
         return cls(**values)
@@ -80,10 +90,11 @@ class HarvestOptions(BaseModel):
         return self.pacs_settings().ae_title
 
     def pacs_settings(self) -> PacsSettings:
-        """The PACS client's settings, with our politeness limits."""
+        """The PACS client's settings, with our politeness limits and harvest window."""
+        window = HarvestWindow.parse(self.harvest_window) if self.harvest_window else None
         return PacsSettings.parse(self.pacs, method=self.method,
                                   max_associations=self.max_associations,
-                                  max_rate=self.rate_per_second)
+                                  max_rate=self.rate_per_second, harvest_window=window)
 
     def local_ae(self) -> LocalAE:
         """Ourselves: AE title, storage SCP port and who may send to it."""

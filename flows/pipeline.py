@@ -164,19 +164,32 @@ def segment_gsps(volume: Volume, parsed: ParsedGsps, segmenter: Segmenter,
 
 def _measure(result: SegmentResult, mask: np.ndarray, volume: Volume) -> None:
     """Volume, long axis (longest axial diameter), short axis (perpendicular, on the slice of
-    largest area), bounding box and mean HU of a mask."""
+    largest area), bounding box and mean HU of a mask.
+
+    Counted on the mask's bounding box (a lesion's box is a small part of the volume); the axes
+    on whole planes of its slices, since the short axis depends on where the lesion lies.
+    """
+    box = bounding_box(mask)
+    lesion, planes = mask[box], mask[box[0]]
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    result.voxels = int(mask.sum())
+    result.voxels = int(np.count_nonzero(lesion))
     result.volume_ml = round(result.voxels * voxel_ml, 3)
-    largest = mask[int(np.argmax(mask.sum(axis=(1, 2))))]
+    largest = planes[int(np.argmax(lesion.sum(axis=(1, 2))))]
     in_plane = volume.spacing[1:]
     axis = longest_chord(largest, in_plane)
-    result.long_axis_mm = round(long_axis_mm(mask, volume.spacing), 2)
+    result.long_axis_mm = round(long_axis_mm(planes, volume.spacing), 2)
     result.short_axis_mm = round(longest_perpendicular(largest, in_plane, axis).length_mm, 2)
-    where = np.argwhere(mask)
-    lo, hi = where.min(axis=0), where.max(axis=0)
-    result.bbox = (*map(int, lo), *map(int, hi))  # type: ignore[assignment]
-    result.mean_hu = round(float(volume.array[mask].mean()), 1)
+    result.bbox = (*(b.start for b in box), *(b.stop - 1 for b in box))  # type: ignore[assignment]
+    result.mean_hu = round(float(volume.array[box][lesion].mean()), 1)
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """The smallest (slices, rows, columns) box holding every voxel of a non-empty 3D mask."""
+    slices = np.flatnonzero(mask.any(axis=(1, 2)))
+    plane = mask[slices[0]:slices[-1] + 1].any(axis=0)
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return (slice(int(slices[0]), int(slices[-1]) + 1), slice(int(rows[0]), int(rows[-1]) + 1),
+            slice(int(cols[0]), int(cols[-1]) + 1))
 
 
 def _write_outputs(volume: Volume, kept: list, algorithm: AlgorithmSpec, out_dir: Path) -> None:

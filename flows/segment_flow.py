@@ -20,6 +20,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow, task
@@ -47,6 +48,19 @@ class SeriesJob(BaseModel):
     series_instance_uid: str
     series_dir: str
     gsps_files: list[str] = Field(min_length=1)
+    #: GSPS file -> every series it is drawn on (first first), for GSPS drawn on several: this
+    #: job takes only the annotations on its own series (and, if first, those on none of them).
+    gsps_series: dict[str, list[str]] = Field(default_factory=dict)
+
+    def own_annotations(self, parsed: ParsedGsps, name: str) -> ParsedGsps:
+        """``parsed`` with only the annotations this job segments (all, for a one-series GSPS)."""
+        drawn = self.gsps_series.get(name)
+        if not drawn:
+            return parsed
+        mine = self.series_instance_uid
+        keep = tuple(a for a in parsed.annotations if a.referenced_series_instance_uid == mine
+                     or (a.referenced_series_instance_uid not in drawn and drawn[0] == mine))
+        return replace(parsed, annotations=keep)
 
 
 class SeriesOutcome(BaseModel):
@@ -92,8 +106,10 @@ def _parse(job: SeriesJob, recorder: Recorder, run_id: int | None,
     for name in job.gsps_files:
         path = Path(name)
         try:
-            parsed.append(parse_gsps(path))
+            parsed.append(job.own_annotations(parse_gsps(path), name))
         except DicomInputError as exc:
+            if job.gsps_series.get(name, [job.series_instance_uid])[0] != job.series_instance_uid:
+                continue  # a GSPS shared with other series: its first series' job records it
             recorder.record_failure(FailureRecord(Stage.PARSE, path.stem, type(exc).__name__,
                                                   str(exc), run_id))
             outcome.parse_failures += 1

@@ -27,8 +27,10 @@ class Settings(BaseSettings):
     ae_title: str = "SAM2CT"
     store_port: int = 11113
     allowed_callers: list[str] = Field(default_factory=list)
+    harvest_window: str | None = None  # "19:00-07:00": when the PACS may be used (local time)
     model: str = "auto"  # auto | classical | path to a SAM2CT checkpoint
     device: str | None = None  # cuda | mps | cpu; None picks the best available
+    segment_deployment: str | None = None  # "segment-batch/segment": segment on the GPU pool
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,

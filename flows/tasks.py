@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.tasks import exponential_backoff
 
 from dicom_io.errors import DicomInputError
+from dicom_io.gsps import drawn_series
 from dicom_io.pacs import (
     InstanceMatch,
     PacsError,
@@ -88,12 +89,20 @@ def ensure_pacs_limits(options: HarvestOptions) -> None:
                     limit=limit, slot_decay_per_second=decay or 0.0))
 
 
+#: One slot request to the Prefect server at a time from this process: a SQLite-backed server
+#: (Prefect's default) answers simultaneous ones 503, and the client then backs off ~2 s.
+_SLOT_REQUESTS = threading.Lock()
+
+
 @contextmanager
 def pacs_slot(options: HarvestOptions) -> Iterator[None]:
     """Hold one of the PACS's association slots (strict: the limit must exist) after its rate."""
     slots, rate = limit_names(options.pacs_aet)
-    rate_limit(rate, strict=True)
-    with concurrency(slots, occupy=1, strict=True, lease_duration=options.lease_seconds):
+    with ExitStack() as held:
+        with _SLOT_REQUESTS:
+            rate_limit(rate, strict=True)
+            held.enter_context(concurrency(slots, occupy=1, strict=True,
+                                           lease_duration=options.lease_seconds))
         yield
 
 
@@ -172,25 +181,33 @@ def _retrieve(options: HarvestOptions, study_uid: str, series_uid: str,
 
 @dataclass(frozen=True)
 class GspsTarget:
-    """Which study and CT series one staged GSPS is drawn on."""
+    """Which study and CT series one staged GSPS is drawn on (the first series first)."""
 
     gsps_path: str
     gsps_sop_instance_uid: str
     study_instance_uid: str
-    series_instance_uid: str
+    series_instance_uids: tuple[str, ...]
+
+    @property
+    def series_instance_uid(self) -> str:
+        """The first series drawn on (annotations on no drawn series belong to it)."""
+        return self.series_instance_uids[0]
 
 
 @task(name="parse-gsps", cache_policy=NO_CACHE)
 def parse_target(gsps_path: str) -> GspsTarget:
-    """Read the GSPS header: the (first) CT series it references. Raises DicomInputError."""
+    """Read the GSPS header: the CT series it is drawn on. Raises DicomInputError."""
+    name = Path(gsps_path).name
     try:
         ds = pydicom.dcmread(gsps_path, stop_before_pixels=True)
-        series = ds.ReferencedSeriesSequence[0].SeriesInstanceUID
-        return GspsTarget(gsps_path, str(ds.SOPInstanceUID), str(ds.StudyInstanceUID),
-                          str(series))
-    except (OSError, AttributeError, IndexError, pydicom.errors.InvalidDicomError) as e:
-        raise DicomInputError(f"GSPS {Path(gsps_path).name}: no referenced series "
-                              f"({type(e).__name__})") from e
+        series = drawn_series(ds)
+        target = GspsTarget(gsps_path, str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), series)
+    except (OSError, AttributeError, pydicom.errors.InvalidDicomError) as e:
+        raise DicomInputError(f"GSPS {name}: no referenced series ({type(e).__name__})") from e
+    if not series:
+        raise DicomInputError(f"GSPS {name}: no referenced series (Referenced Series Sequence "
+                              "is empty)")
+    return target
 
 
 @task(name="store-segs", **NETWORK)

@@ -17,10 +17,10 @@ TABLES = ("study", "series", "presentation_state", "annotation", "segmentation",
           "harvest_run")
 
 
-def _demo(workdir: Path) -> subprocess.CompletedProcess:
+def _demo(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SAM2CT_"))}
     cmd = [sys.executable, "-m", "flows", "demo", "--workdir", str(workdir), "--studies", "1",
-           "--size", "64", "--model", "classical"]
+           "--size", "64", "--model", "classical", *extra]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -56,3 +56,18 @@ def test_demo_runs_and_rerun_adds_nothing(tmp_path):
     assert _rows(workdir / "catalog.sqlite") == rows, "the re-run added catalog rows"
     assert _files(workdir) == files, "the re-run added files"
     assert "SYNTH^" not in first.stdout + second.stdout + first.stderr + second.stderr
+
+
+def test_demo_falls_back_to_pynetdicom_qrscp(tmp_path):
+    """The PACS the demo uses where Orthanc is not installed (forced here with --pacs)."""
+    workdir = tmp_path / "demo"
+    run = _demo(workdir, "--pacs", "pynetdicom-qrscp")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "PACS:      pynetdicom-qrscp" in run.stdout
+    assert (workdir / "pacs" / "pynetdicom-qrscp" / "loaded.json").is_file()
+    assert not (workdir / "pacs" / "orthanc").exists()
+    rows = _rows(workdir / "catalog.sqlite")
+    assert rows["segmentation"] > 0 and rows["failure"] == 0 and rows["harvest_run"] == 1
+    with sqlite3.connect(workdir / "catalog.sqlite") as conn:
+        paths = [p for (p,) in conn.execute("SELECT seg_path FROM segmentation WHERE status = 'ok'")]
+    assert paths and all(Path(p).is_file() for p in paths)

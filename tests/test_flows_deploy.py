@@ -99,6 +99,9 @@ def test_options_from_settings_need_a_pacs(tmp_path):
         HarvestOptions.from_settings(settings)
     opts = HarvestOptions.from_settings(settings, pacs="PACS@h:104", model="classical")
     assert opts.staging_dir == tmp_path / "staging" and opts.model == "classical"
+    assert opts.segment_deployment is None  # no pool configured: segment in-process
+    pooled = Settings(data_dir=tmp_path, pacs="PACS@h:104", segment_deployment="segment-batch/g")
+    assert HarvestOptions.from_settings(pooled).segment_deployment == "segment-batch/g"
 
 
 def test_cli_registers_harvest_and_backfill():
@@ -115,3 +118,26 @@ def test_cli_rejects_reversed_window_in_one_line(capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "before --from" in err[0]
+
+
+def test_harvest_window_is_a_flow_option_and_cli_flag(tmp_path, capsys):
+    from flows.cli.harvest import options_from
+
+    window = _options(harvest_window="19:00-07:00").pacs_settings().harvest_window
+    assert (window.start, window.end) == (dt.time(19), dt.time(7))
+    assert _options().pacs_settings().harvest_window is None
+    with pytest.raises(ValueError, match="harvest_window"):
+        _options(harvest_window="19:00")
+    args = build_parser().parse_args(["harvest", "--from", "2026-01-01", "--to", "2026-01-01",
+                                      "--pacs", "P@h:104", "--harvest-window", "22:30-05:00",
+                                      "--catalog", f"sqlite:///{tmp_path / 'c.sqlite'}"])
+    assert options_from(args).pacs_settings().harvest_window.start == dt.time(22, 30)
+    from flows.settings import Settings  # SAM2CT_HARVEST_WINDOW reaches the options too
+
+    opts = HarvestOptions.from_settings(Settings(data_dir=tmp_path, harvest_window="19:00-07:00"),
+                                        pacs="P@h:104")
+    assert opts.pacs_settings().harvest_window.end == dt.time(7)
+    code = main(["harvest", "--from", "2026-01-01", "--to", "2026-01-01", "--pacs", "P@h:104",
+                 "--harvest-window", "25:00-07:00"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "harvest_window" in err[0]

@@ -310,3 +310,147 @@ def test_peak_associations_counts_overlaps_from_orthanc_log_lines():
     ])
     assert peak_associations(log) == 3
     assert peak_associations(log, "OTHER") == 1
+
+
+# --- a GSPS drawn on two series; the segment deployment on a real worker; the export flow ------
+
+@pytest.fixture(scope="module")
+def two_series(orthanc, tmp_path_factory) -> dict:
+    """The study of multi_series.py (2 CT series, 1 shared GSPS) on the module's Orthanc."""
+    from multi_series import make_two_series_study
+
+    study = make_two_series_study(tmp_path_factory.mktemp("two-series"))
+    orthanc.upload(study["files"])
+    return study
+
+
+def _check_two_series(engine, study: dict) -> dict[str, list[str]]:
+    """Each annotation of the shared GSPS is catalogued once, segmented on its own series, and
+    each series has its SEG (dciodvfy-clean); return series UID -> its SEG paths."""
+    from db.models import Annotation, PresentationState, Segmentation, Series
+
+    with engine.connect() as conn:
+        anns = conn.execute(select(Annotation.gsps_index).join(PresentationState).where(
+            PresentationState.sop_instance_uid == study["shared_uid"])).scalars().all()
+        segs = conn.execute(select(Series.series_instance_uid, Segmentation.status,
+                                   Segmentation.seg_path, Segmentation.annotation_index)
+                            .join(Series, Segmentation.series_id == Series.id)
+                            .where(Segmentation.gsps_sop_instance_uid == study["shared_uid"])
+                            ).all()
+    assert sorted(anns) == list(range(sum(study["on_series"].values()))), "annotations lost"
+    assert sorted(i for *_, i in segs) == sorted(anns), "an annotation segmented twice or never"
+    assert Counter(s for s, *_ in segs) == study["on_series"]
+    paths: dict[str, list[str]] = {}
+    for series, status, path, _ in segs:
+        assert getattr(status, "value", status) == "ok", (series, status)
+        paths.setdefault(series, []).append(path)
+    for series, seg_paths in paths.items():
+        for path in set(seg_paths):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == series
+            assert dciodvfy_errors(Path(path)) == [], path
+    return paths
+
+
+def _broken_slice(study: dict, staging: Path) -> Path:
+    """A slice of series 2 without pixel data, put where its retrieval lands: loading fails."""
+    second = study["series"][1]
+    ds = pydicom.dcmread(next(f for f in study["files"] if f.parent.name == "ct2"))
+    del ds.PixelData
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = staging / study["study_instance_uid"] / second / f"{ds.SOPInstanceUID}.dcm"
+    path.parent.mkdir(parents=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_shared_gsps_harvested_per_series_then_exported(harness, orthanc, two_series, store_port,
+                                                       pg_url, tmp_path):
+    import SimpleITK as sitk
+
+    from db import open_catalog
+    from db.queries import open_failures
+    from flows.export_flow import export_dataset
+    from flows.harvest import nightly_harvest
+
+    day, (_, second) = two_series["study_date"], two_series["series"]
+    opts = _options(tmp_path, orthanc, store_port, pg_url)
+    # first run: series 2 cannot be loaded (a slice without pixel data lies in its staging)
+    broken = _broken_slice(two_series, opts.staging_dir)
+    summary = nightly_harvest(day, day, opts)
+    assert summary["failed_by_stage"] == {"load": 1} and summary["segmented"] == 1
+    engine = open_catalog(pg_url)
+    held = open_failures(engine)
+    assert set(held["object_uid"]) == {second, two_series["shared_uid"]}  # the GSPS is held
+    # next run: the GSPS is not "already done"; both series are done, the failures resolved
+    broken.unlink()
+    summary = nightly_harvest(day, day, opts)
+    assert summary["found"] == 1 and summary["already_done"] == 0, summary
+    assert summary["failed_by_stage"] == {}
+    assert summary["retrieved_series"] == 2 and summary["segmented"] == 2
+    assert open_failures(engine).empty
+    _check_two_series(engine, two_series)
+    assert nightly_harvest(day, day, opts)["already_done"] == 1
+
+    # the export flow over that catalog: one case per series, image and label on one grid
+    for fmt, image_dir, label_dir, suffix in (("nnunet", "imagesTr", "labelsTr", "_0000"),
+                                              ("nifti", "images", "labels", "")):
+        out = tmp_path / fmt
+        result = export_dataset(out=str(out), fmt=fmt, catalog_url=pg_url)
+        assert (result["cases"], result["written"], result["failed"]) == (2, 2, 0), result
+        labels = sorted((out / label_dir).glob("*.nii.gz"))
+        assert len(labels) == 2
+        for label_path in labels:
+            case = label_path.name.removesuffix(".nii.gz")
+            image = sitk.ReadImage(str(out / image_dir / f"{case}{suffix}.nii.gz"))
+            label = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path)))
+            assert image.GetSize() == label.shape[::-1] and image.GetSize()[2] == 16
+            assert set(map(int, label.ravel())) == {0, 1}
+        if fmt == "nnunet":
+            assert json.loads((out / "dataset.json").read_text())["numTraining"] == 2
+
+
+def test_segment_deployment_runs_batches_on_a_process_worker(harness, orthanc, two_series,
+                                                             store_port, pg_url, tmp_path):
+    """The harvest sends each batch to the `segment` deployment; a real process worker runs it,
+    reading the catalog URL from its own environment."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from db import open_catalog
+    from flows.harvest import nightly_harvest
+    from flows.segment_flow import segment_batch
+
+    pool = f"gpu-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    deployment = segment_batch.from_source(str(REPO), "flows/segment_flow.py:segment_batch"
+                                           ).deploy(name=pool, work_pool_name=pool,
+                                                    print_next_steps=False)
+    env = {**os.environ, "PREFECT_API_URL": harness, "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "SAM2CT_DATABASE_URL": pg_url, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "worker", "start",
+                               "--pool", pool, "--type", "process"], cwd=tmp_path, env=env,
+                              stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    day = two_series["study_date"]
+    opts = _options(tmp_path, orthanc, store_port, pg_url, batch_size=1,
+                    segment_deployment=f"segment-batch/{pool}")
+    try:
+        summary = nightly_harvest(day, day, opts)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)
+    assert summary["failed_by_stage"] == {}, log.read_text()[-3000:]
+    assert summary["segmented"] == 2
+    _check_two_series(open_catalog(pg_url), two_series)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
+            id=DeploymentFilterId(any_=[deployment])))
+    assert len(runs) == 2  # batch_size 1: one run per series, each run by the worker
+    assert all(r.state.is_completed() and r.infrastructure_pid for r in runs)
+    ran = [job["series_instance_uid"] for r in runs for job in r.parameters["series"]]
+    assert sorted(ran) == sorted(two_series["series"])
+    assert all(r.parameters["catalog_url"] is None for r in runs)  # no URL stored in Prefect

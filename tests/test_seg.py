@@ -29,6 +29,7 @@ from dicom_io.seg import (
     tracking_uid_for,
     write_seg,
 )
+from dicom_io.seg.preview import SIZE, TITLE_PX
 from dicom_io.truth import read_truth
 from dicom_io.volume import Volume, load_series
 
@@ -159,6 +160,15 @@ def test_seg_content_labels_tracking_algorithm_and_sources(seg_path, lung_volume
     assert ds.PatientID == source.PatientID and ds.StudyInstanceUID == source.StudyInstanceUID
     assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == lung_volume.series_instance_uid
+    # The whole series is referenced, though highdicom was given only the slices the masks span.
+    series = {s.sop_instance_uid for s in lung_volume.slices}
+    listed = ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert [r.ReferencedSOPInstanceUID for r in listed] == [s.sop_instance_uid
+                                                             for s in lung_volume.slices]
+    assert {r.ReferencedSOPInstanceUID for r in ds.SourceImageSequence} == series
+    frames = {f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+              for f in ds.PerFrameFunctionalGroupsSequence}
+    assert frames < series
     for frame in ds.PerFrameFunctionalGroupsSequence:
         ref = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         position = np.array(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
@@ -319,7 +329,7 @@ def test_preview_of_a_mask_missing_from_the_prompt_slice(lung_volume, sphere, tm
     """The crop falls back to the mask's projection; the prompt is still drawn."""
     out = render_preview(lung_volume, sphere, np.array([[150.0, 250.0]]), 5, "point",
                          tmp_path / "point.png")
-    assert Image.open(out).size == (400, 430)
+    assert Image.open(out).size == (SIZE, SIZE + TITLE_PX)
     assert _colour_pixels(out, (0, 229, 255)) > 5
 
 

@@ -7,7 +7,7 @@ from dicom_io.gsps.annotation import Annotation, AnnotationKind
 from dicom_io.gsps.batch import mark_duplicates
 from dicom_io.gsps.geometry import DisplayedArea, SpatialTransform, Units, display_to_pixel
 from dicom_io.gsps.locate import LocatedAnnotation, locate
-from dicom_io.gsps.reader import annotations_of, read_gsps, read_presentation_state
+from dicom_io.gsps.reader import annotations_of, drawn_series, read_gsps, read_presentation_state
 
 __all__ = [
     "Annotation",
@@ -18,6 +18,7 @@ __all__ = [
     "Units",
     "annotations_of",
     "display_to_pixel",
+    "drawn_series",
     "locate",
     "mark_duplicates",
     "read_gsps",

@@ -31,6 +31,7 @@ from dicom_io.gsps.geometry import (
     pixel_spacing,
     spatial_transform,
 )
+from dicom_io.series_index import CtStorage
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,25 @@ def _note_private_only(ds: Dataset, path: Path) -> None:
             "GSPS file %s: no Graphic Annotation Sequence; private group(s) %s may hold "
             "vendor graphics, which are not read", path, ", ".join(groups),
         )
+
+
+def drawn_series(ds: Dataset) -> tuple[str, ...]:
+    """CT series the annotation items of a presentation state are drawn on, in the order of its
+    Referenced Series Sequence.
+
+    An item counts when it applies to one image of a CT (or unstated) SOP class. When none does,
+    the first referenced series, so that the annotations are still recorded with their skip
+    reasons; empty when the presentation state references no series.
+    """
+    series = _referenced_series(ds)
+    drawn = set()
+    for item in ds.get("GraphicAnnotationSequence", []):
+        target = _target(item, series)
+        if target.problem is None and target.series_instance_uid and (
+                not target.sop_class_uid or CtStorage.is_ct(target.sop_class_uid)):
+            drawn.add(target.series_instance_uid)
+    listed = [str(s.get("SeriesInstanceUID", "")) for s in ds.get("ReferencedSeriesSequence", [])]
+    return tuple(dict.fromkeys(s for s in listed if s in drawn)) or tuple(listed[:1])
 
 
 def _referenced_series(ds: Dataset) -> dict[str, tuple[str, str]]:

@@ -9,15 +9,14 @@ PosixPath('out/previews/seg-1.png')
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Circle, Polygon
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from dicom_io.volume import Volume
@@ -29,8 +28,11 @@ _MIN_MARGIN = 24
 _RING_PX = 4  # width of the ring around a lesion that decides the window
 _AIR_FRACTION = 0.4
 _AIR_HU = -500.0
-_MASK_COLOUR = "#ffd400"
-_PROMPT_COLOUR = "#00e5ff"
+_MASK_COLOUR = (255, 212, 0)
+_PROMPT_COLOUR = (0, 229, 255)
+#: The image part of a preview is SIZE x SIZE pixels; a title bar of TITLE_PX sits above it.
+SIZE = 256
+TITLE_PX = 18
 
 
 @dataclass(frozen=True)
@@ -70,16 +72,14 @@ def render_preview(
         )
     points = np.asarray(prompt_points_voxel, dtype=float).reshape(-1, 2)
     kind = str(getattr(kind, "value", kind))
-    image, outline = volume.array[slice_index], mask[slice_index]
-    box = _crop_box(outline if outline.any() else mask.any(axis=0), points, image.shape)
-    crop = image[box[0]:box[1], box[2]:box[3]]
-    window = choose_window(crop, outline[box[0]:box[1], box[2]:box[3]])
-    volume_ml = float(mask.sum()) * float(np.prod(volume.spacing)) / 1000.0
-    figure = _figure(crop, outline[box[0]:box[1], box[2]:box[3]], points - [box[2], box[0]],
-                     kind, window, volume.spacing)
-    title = f"{kind}  {volume_ml:.1f} mL  slice {slice_index}"
-    figure.suptitle(title, fontsize=9, color="white")
-    return _save(figure, Path(out_path))
+    plane, outline = volume.array[slice_index], mask[slice_index]
+    box = _crop_box(outline if outline.any() else mask.any(axis=0), points, plane.shape)
+    crop, outline = plane[box[0]:box[1], box[2]:box[3]], outline[box[0]:box[1], box[2]:box[3]]
+    window = choose_window(crop, outline)
+    volume_ml = np.count_nonzero(mask) * float(np.prod(volume.spacing)) / 1000.0
+    image = _draw(crop, outline, points - [box[2], box[0]], kind, window, volume.spacing)
+    _caption(image, f"{kind}  {volume_ml:.1f} mL  slice {slice_index}", window)
+    return _save(image, Path(out_path))
 
 
 def choose_window(crop: np.ndarray, region: np.ndarray | None = None) -> CtWindow:
@@ -112,58 +112,97 @@ def _crop_box(
     return max(r0, 0), min(r1, shape[0]), max(c0, 0), min(c1, shape[1])
 
 
-def _figure(
+def _draw(
     crop: np.ndarray,
     outline: np.ndarray,
     points: np.ndarray,
     kind: str,
     window: CtWindow,
     spacing: tuple[float, float, float],
-) -> Figure:
-    """The matplotlib figure (no pyplot state): windowed image, outline, prompt."""
-    figure = Figure(figsize=(4, 4.3), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_axes((0.02, 0.02, 0.96, 0.9))
+) -> Image.Image:
+    """The windowed crop scaled into the preview square (true aspect), mask outline, prompt."""
     w = window.value
-    axes.imshow(crop, cmap="gray", vmin=w.level - w.width / 2, vmax=w.level + w.width / 2,
-                aspect=spacing[1] / spacing[2], interpolation="nearest")
+    grey = np.clip((crop - (w.level - w.width / 2)) / w.width * 255.0, 0, 255).astype(np.uint8)
+    height_mm, width_mm = crop.shape[0] * spacing[1], crop.shape[1] * spacing[2]
+    scale = SIZE / max(height_mm, width_mm)
+    size = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
+    view = Image.fromarray(grey).resize(size, Image.Resampling.NEAREST).convert("RGB")
     if outline.any():
-        axes.contour(outline.astype(float), levels=[0.5], colors=_MASK_COLOUR, linewidths=1.2)
-    _draw_prompt(axes, points, kind)
-    axes.set_xlim(-0.5, crop.shape[1] - 0.5)
-    axes.set_ylim(crop.shape[0] - 0.5, -0.5)
-    axes.set_axis_off()
-    axes.text(0.01, 0.01, f"W{w.width:g} L{w.level:g}", color="white", fontsize=7,
-              transform=axes.transAxes)
-    return figure
+        big = np.asarray(Image.fromarray(outline).resize(size, Image.Resampling.NEAREST))
+        edge = big & ~ndimage.binary_erosion(big, iterations=2, border_value=1)
+        pixels = np.asarray(view).copy()
+        pixels[edge] = _MASK_COLOUR
+        view = Image.fromarray(pixels)
+    offset = ((SIZE - size[0]) // 2, TITLE_PX + (SIZE - size[1]) // 2)
+    image = Image.new("RGB", (SIZE, SIZE + TITLE_PX))
+    image.paste(view, offset)
+    # voxel (column, row) centres -> preview pixels
+    xy = (points + 0.5) * [size[0] / crop.shape[1], size[1] / crop.shape[0]] + offset
+    _draw_prompt(ImageDraw.Draw(image), xy, kind)
+    return image
 
 
-def _draw_prompt(axes, points: np.ndarray, kind: str) -> None:
-    """The prompt as drawn by the radiologist: arrow with head, line(s), ellipse axes, ..."""
-    style = {"color": _PROMPT_COLOUR, "linewidth": 1.5}
-    if kind == "arrow" and len(points) >= 2:
-        axes.annotate("", xy=tuple(points[0]), xytext=tuple(points[1]),
-                      arrowprops={"arrowstyle": "-|>", "color": _PROMPT_COLOUR, "lw": 1.5,
-                                  "mutation_scale": 14})
-    elif kind in ("line", "bidirectional", "ellipse") and len(points) >= 2:
-        for a, b in zip(points[0::2], points[1::2], strict=False):
-            axes.plot([a[0], b[0]], [a[1], b[1]], marker="+", markersize=6, **style)
-    elif kind == "circle" and len(points) >= 2:
-        radius = float(np.linalg.norm(points[1] - points[0]))
-        axes.add_patch(Circle(tuple(points[0]), radius, fill=False, **style))
-    elif kind == "polygon" and len(points) >= 3:
-        axes.add_patch(Polygon(points, closed=True, fill=False, **style))
+def _draw_prompt(draw: ImageDraw.ImageDraw, xy: np.ndarray, kind: str) -> None:
+    """The prompt as drawn by the radiologist: arrow with head, line(s), circle, polygon, ..."""
+    pts = [tuple(p) for p in xy.tolist()]
+    if kind == "arrow" and len(pts) >= 2:
+        draw.line([pts[1], pts[0]], fill=_PROMPT_COLOUR, width=2)
+        draw.polygon(_arrow_head(xy[0], xy[1]), fill=_PROMPT_COLOUR)
+    elif kind in ("line", "bidirectional", "ellipse") and len(pts) >= 2:
+        for a, b in zip(pts[0::2], pts[1::2], strict=False):
+            draw.line([a, b], fill=_PROMPT_COLOUR, width=2)
+            _marker(draw, a, "+")
+            _marker(draw, b, "+")
+    elif kind == "circle" and len(pts) >= 2:
+        (cx, cy), r = pts[0], float(np.linalg.norm(xy[1] - xy[0]))
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=_PROMPT_COLOUR, width=2)
+    elif kind == "polygon" and len(pts) >= 3:
+        draw.line([*pts, pts[0]], fill=_PROMPT_COLOUR, width=2)
     else:
-        axes.plot(points[:, 0], points[:, 1], linestyle="none", marker="x", markersize=8,
-                  **style)
+        for p in pts:
+            _marker(draw, p, "x")
 
 
-def _save(figure: Figure, path: Path) -> Path:
-    """Render to a temporary PNG in the same folder, then rename over ``path``."""
+def _arrow_head(head: np.ndarray, tail: np.ndarray, length: float = 10.0) -> list[tuple]:
+    """The filled triangle at an arrow's head, pointing from tail to head."""
+    direction = head - tail
+    norm = float(np.linalg.norm(direction)) or 1.0
+    d = direction / norm
+    n = np.array([-d[1], d[0]])
+    base = head - d * length
+    return [tuple(head), tuple(base + n * length / 2.5), tuple(base - n * length / 2.5)]
+
+
+def _marker(draw: ImageDraw.ImageDraw, p: tuple, shape: str, r: float = 4.0) -> None:
+    """A small '+' or 'x' at ``p``."""
+    x, y = p
+    if shape == "+":
+        arms = [((x - r, y), (x + r, y)), ((x, y - r), (x, y + r))]
+    else:
+        arms = [((x - r, y - r), (x + r, y + r)), ((x - r, y + r), (x + r, y - r))]
+    for arm in arms:
+        draw.line(arm, fill=_PROMPT_COLOUR, width=2)
+
+
+def _caption(image: Image.Image, title: str, window: CtWindow) -> None:
+    """The title in the bar above the image and the window (W/L) in its lower left corner."""
+    draw = ImageDraw.Draw(image)
+    w = window.value
+    draw.text((4, 2), title, fill="white", font=_font(12))
+    draw.text((3, image.height - 12), f"W{w.width:g} L{w.level:g}", fill="white", font=_font(9))
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size)
+
+
+def _save(image: Image.Image, path: Path) -> Path:
+    """Write to a temporary PNG in the same folder, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        figure.savefig(tmp, format="png", facecolor="black")
+        image.save(tmp, format="PNG")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -110,8 +110,8 @@ def write_seg(
         A source image header cannot be read or lacks attributes a SEG copies.
     """
     _check_masks(volume, masks, segments)
-    sources, frame_index = _source_images(volume)
-    pixels = _pixel_array(volume, masks, frame_index)
+    headers, frame_index = _source_images(volume)
+    sources, pixels = _sources_and_pixels(headers, frame_index, masks)
     series_uid, sop_uid = seg_uids(
         presentation_state_uid or volume.series_instance_uid, algorithm, segments
     )
@@ -126,6 +126,7 @@ def write_seg(
                 f"series {volume.series_instance_uid} - source image headers lack what a SEG "
                 f"needs: {e}"
             ) from e
+    _reference_series(seg, headers)
     return _save(seg, Path(out_dir) / f"{sop_uid}.dcm")
 
 
@@ -222,16 +223,51 @@ def _source_images(volume: Volume) -> tuple[list[Dataset], list[int]]:
     return [_read_header(paths[0])], [s.frame_number - 1 for s in volume.slices]
 
 
-def _pixel_array(
-    volume: Volume, masks: Sequence[np.ndarray], frame_index: list[int]
-) -> np.ndarray:
-    """(frames, rows, columns, segments) uint8 array in the source images' frame order."""
-    frames = max(frame_index) + 1
-    _, rows, cols = volume.array.shape
+def _sources_and_pixels(
+    headers: list[Dataset], frame_index: list[int], masks: Sequence[np.ndarray]
+) -> tuple[list[Dataset], np.ndarray]:
+    """The source images given to highdicom and the (frames, rows, columns, segments) pixels.
+
+    Single-frame sources: only the slices from the first to the last one any mask touches.
+    highdicom inspects every source image it is given (a few ms each, the bulk of a SEG's cost
+    on a long series), while the empty frames outside that range are omitted from the SEG
+    anyway; :func:`_reference_series` then lists the whole series again. A multi-frame source
+    is one image: all its frames are passed.
+    """
+    if len(headers) == 1:
+        return headers, _pixel_array(masks, frame_index, max(frame_index) + 1)
+    touched = np.flatnonzero(np.logical_or.reduce([m.any(axis=(1, 2)) for m in masks]))
+    first, last = int(touched[0]), int(touched[-1]) + 1
+    return headers[first:last], _pixel_array([m[first:last] for m in masks],
+                                             list(range(last - first)), last - first)
+
+
+def _pixel_array(masks: Sequence[np.ndarray], frame_index: list[int], frames: int) -> np.ndarray:
+    """(frames, rows, columns, segments) uint8 array; mask slice i goes to frame_index[i]."""
+    _, rows, cols = masks[0].shape
     out = np.zeros((frames, rows, cols, len(masks)), dtype=np.uint8)
     for k, mask in enumerate(masks):
         out[frame_index, :, :, k] = mask.astype(bool)
     return out
+
+
+def _reference_series(seg: hd.seg.Segmentation, headers: list[Dataset]) -> None:
+    """Reference every image of the source series, as highdicom does for the images it is given.
+
+    Source Image Sequence and the Common Instance Reference list the whole series the masks
+    were segmented on, not only the slices the frames lie on.
+    """
+    refs = []
+    for header in headers:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = header.SOPClassUID
+        ref.ReferencedSOPInstanceUID = header.SOPInstanceUID
+        refs.append(ref)
+    series = Dataset()
+    series.SeriesInstanceUID = headers[0].SeriesInstanceUID
+    series.ReferencedInstanceSequence = refs
+    seg.SourceImageSequence = refs
+    seg.ReferencedSeriesSequence = [series]
 
 
 def _description(

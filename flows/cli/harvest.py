@@ -39,6 +39,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="SEG output folder (default: <data dir>/seg)")
     p.add_argument("--model", help="auto | classical | PATH.pt (default: settings)")
     p.add_argument("--max-associations", type=int, help="PACS associations at once (default 2)")
+    p.add_argument("--harvest-window", metavar="HH:MM-HH:MM",
+                   help="talk to the PACS only in this daily window, e.g. 19:00-07:00 "
+                        "(default: SAM2CT_HARVEST_WINDOW, none)")
     p.add_argument("--store-back", action="store_true", help="C-STORE the SEGs to the PACS")
     p.add_argument("--segment-deployment", help="run segmentation on this deployment (GPU pool)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -57,13 +60,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def options_from(args: argparse.Namespace):
     """HarvestOptions from Settings and the flags given."""
+    from dicom_io.pacs import HarvestWindow
     from flows.options import HarvestOptions
     from flows.settings import Settings
 
+    if args.harvest_window:  # one clear line, not pydantic's report
+        HarvestWindow.parse(args.harvest_window)
     overrides = {"pacs": args.pacs, "catalog_url": args.catalog, "staging_dir": args.staging,
                  "output_dir": args.out, "model": args.model,
                  "max_associations": args.max_associations,
                  "segment_deployment": args.segment_deployment,
+                 "harvest_window": args.harvest_window,
                  "store_back": args.store_back or None}
     return HarvestOptions.from_settings(Settings(), **{k: v for k, v in overrides.items()
                                                        if v is not None})
