@@ -96,6 +96,7 @@ def load(dsn: str, n: int, rng: np.random.Generator) -> dict[str, float]:
         kinds = rng.choice(KINDS, n, p=[0.35, 0.3, 0.15, 0.1, 0.05, 0.05])
         _copy(conn, "annotation", pd.DataFrame({
             "id": np.arange(1, n + 1), "presentation_state_id": ann_ps,
+            "series_id": ps_series[ann_ps - 1],
             "gsps_index": np.tile(np.arange(4), n_ps)[:n], "kind": kinds,
             "slice_index": rng.integers(0, 300, n), "points_voxel": "[[1,2],[3,4]]",
             "points_mm": "[[1,2,3],[4,5,6]]", "length_mm": rng.uniform(5, 80, n).round(1)}))

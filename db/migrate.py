@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from db.engine import make_engine
 
@@ -44,18 +44,60 @@ def _quiet_alembic() -> Iterator[None]:
 
 def upgrade(target: str | Engine, revision: str = "head") -> None:
     """Migrate the catalog at ``target`` (URL or Engine) to ``revision``; safe to run again."""
+    _migrate(target, "upgrade", revision)
+
+
+def downgrade(target: str | Engine, revision: str) -> None:
+    """Migrate the catalog at ``target`` (URL or Engine) back down to ``revision``."""
+    _migrate(target, "downgrade", revision)
+
+
+def _migrate(target: str | Engine, direction: str, revision: str) -> None:
+    """Run Alembic's upgrade or downgrade in one transaction.
+
+    SQLite: foreign keys are off meanwhile, because a migration that rebuilds a table (copy,
+    drop, rename) would otherwise cascade the drop's deletes into the tables referencing it;
+    ``PRAGMA foreign_key_check`` must then find no violation before the commit.
+    """
     engine = make_engine(target) if isinstance(target, str) else target
     try:
-        with engine.begin() as connection:
-            with _quiet_alembic():
+        with engine.connect() as connection, _sqlite_foreign_keys_off(connection):
+            with connection.begin(), _quiet_alembic():
                 from alembic import command  # imported here: its plugins log at INFO
 
                 cfg = alembic_config()
                 cfg.attributes["connection"] = connection
-                command.upgrade(cfg, revision)
+                getattr(command, direction)(cfg, revision)
+                _check_foreign_keys(connection)
     finally:
         if isinstance(target, str):
             engine.dispose()
+
+
+@contextmanager
+def _sqlite_foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """SQLite: foreign keys off for the block (outside any transaction, where the pragma works)."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    connection.commit()
+    try:
+        yield
+    finally:
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        connection.commit()
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    """SQLite: raise (rolling the migration back) when a row references a missing parent."""
+    if connection.dialect.name != "sqlite":
+        return
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        tables = sorted({row[0] for row in broken})
+        raise ValueError(f"Invalid catalog after migration - {len(broken)} row(s) of {tables} "
+                         "reference missing rows; rolled back")
 
 
 def current_revision(target: str | Engine) -> str | None:

@@ -98,18 +98,27 @@ class Series(Base):
 
 
 class PresentationState(Base):
-    """A GSPS object and the series it annotates."""
+    """A GSPS object and the first series it was recorded with.
+
+    A GSPS drawn on several series is recorded once per series; ``series_id`` stays the first
+    one (never overwritten). Each annotation's own series is ``Annotation.series_id``.
+    """
 
     __tablename__ = "presentation_state"
     __table_args__ = (Index("ix_presentation_state_id_uid", "id", "sop_instance_uid"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    # the first series it was recorded with (see the class docstring)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
     path: Mapped[str | None] = mapped_column(Text)
 
 
 class Annotation(Base):
-    """One graphic of a presentation state, in voxel and patient coordinates."""
+    """One graphic of a presentation state, in voxel and patient coordinates, on its own series.
+
+    ``series_id`` is the series the graphic is drawn on (migration 0003), which for a GSPS drawn
+    on several series differs from the presentation state's first series.
+    """
 
     __tablename__ = "annotation"
     __table_args__ = (
@@ -120,6 +129,7 @@ class Annotation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     presentation_state_id: Mapped[int] = mapped_column(
         ForeignKey("presentation_state.id", ondelete="CASCADE"))
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
     gsps_index: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     slice_index: Mapped[int | None] = mapped_column(Integer)

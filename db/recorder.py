@@ -2,6 +2,8 @@
 
 Re-recording the same results adds no row; two processes recording the same results at once end
 with one row each and no error (PostgreSQL serialises the conflicting inserts on the unique index).
+A GSPS drawn on several series is recorded once per series: each annotation gets the series it
+was recorded with; the presentation state keeps the first series it was recorded with.
 Segmentation writes also move ``segmentation_summary`` (triggers, migration 0002): on
 PostgreSQL their transactions queue on one advisory lock so the triggers cannot deadlock; a
 transaction PostgreSQL still picks as a deadlock or serialization victim is rerun (3 tries).
@@ -163,7 +165,8 @@ class Recorder:
                                                         study_id})
         ps_ids = self._presentation_states(conn, results.presentation_states, series_id,
                                            results.series.series_instance_uid)
-        ann_ids = self._annotations(conn, results.annotations, ps_ids, series_id)
+        ann_ids = self._annotations(conn, results.annotations, ps_ids, series_id,
+                                    results.series.series_instance_uid)
         seg_count = self._segmentations(conn, results.segmentations, ann_ids,
                                         results.study.study_date)
         return RecordedCounts(1, 1, len(ps_ids), len(ann_ids), seg_count)
@@ -215,17 +218,24 @@ class Recorder:
                                  f"series {ps.series_instance_uid}, recorded with {series_uid}")
         rows = [{"sop_instance_uid": ps.sop_instance_uid, "series_id": series_id,
                  "path": ps.path} for ps in states]
-        ids = upsert(conn, PresentationState.__table__, rows, ["sop_instance_uid"],
-                     ["series_id", "path"])
+        # series_id is not updated: it stays the first series the GSPS was recorded with
+        ids = upsert(conn, PresentationState.__table__, rows, ["sop_instance_uid"], ["path"])
         return {key[0]: value for key, value in ids.items()}
 
     def _annotations(self, conn: Connection, annotations: Sequence[AnnotationRecord],
-                     ps_ids: dict[str, int], series_id: int) -> dict[tuple[str, int], tuple]:
+                     ps_ids: dict[str, int], series_id: int,
+                     series_uid: str) -> dict[tuple[str, int], tuple]:
         missing = {a.gsps_sop_instance_uid for a in annotations} - set(ps_ids)
         if missing:
             raise ValueError(f"Invalid annotations - presentation state(s) {sorted(missing)} "
                              "are not recorded with them")
-        rows = [_annotation_row(a, ps_ids[a.gsps_sop_instance_uid]) for a in annotations]
+        for a in annotations:
+            if a.series_instance_uid not in (None, series_uid):
+                raise ValueError(f"Invalid annotation {a.index} of presentation state "
+                                 f"{a.gsps_sop_instance_uid} - it is on series "
+                                 f"{a.series_instance_uid}, recorded with {series_uid}")
+        rows = [_annotation_row(a, ps_ids[a.gsps_sop_instance_uid], series_id)
+                for a in annotations]
         ids = upsert(conn, Annotation.__table__, rows, ["presentation_state_id", "gsps_index"],
                      [c for c in rows[0] if c not in ("presentation_state_id", "gsps_index")]
                      if rows else None)
@@ -286,8 +296,9 @@ def _serialise_segmentation_writers(connection: Connection) -> None:
         connection.execute(select(func.pg_advisory_xact_lock(_WRITERS_LOCK)))
 
 
-def _annotation_row(a: AnnotationRecord, ps_id: int) -> dict[str, Any]:
-    return {"presentation_state_id": ps_id, "gsps_index": a.index, "kind": a.kind,
+def _annotation_row(a: AnnotationRecord, ps_id: int, series_id: int) -> dict[str, Any]:
+    return {"presentation_state_id": ps_id, "series_id": series_id, "gsps_index": a.index,
+            "kind": a.kind,
             "slice_index": a.slice_index, "points_voxel": [list(p) for p in a.points_voxel],
             "points_mm": [list(p) for p in a.points_mm], "length_mm": a.length_mm,
             "text": a.text, "layer": a.layer, "skip_reason": a.skip_reason}

@@ -87,7 +87,7 @@ class SeriesRecord:
 
 @dataclass(frozen=True)
 class PresentationStateRecord:
-    """A GSPS and the series it is drawn on."""
+    """A GSPS and the series it is recorded with (one of those it is drawn on)."""
 
     sop_instance_uid: str
     series_instance_uid: str
@@ -101,7 +101,7 @@ class AnnotationRecord:
     gsps_sop_instance_uid: str
     index: int
     kind: str
-    series_instance_uid: str | None = None
+    series_instance_uid: str | None = None  # the series it is drawn on; None: the one recorded
     slice_index: int | None = None
     points_voxel: tuple[Point, ...] = ()
     points_mm: tuple[Point, ...] = ()

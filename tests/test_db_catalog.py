@@ -18,8 +18,17 @@ from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import OperationalError
 
 from db import CatalogFilter, Recorder, open_catalog, query_frame, query_rows, stats
-from db.migrate import alembic_config, current_revision, upgrade
-from db.models import Base, PatientPseudonym, Segmentation, SegmentationSummary, Study
+from db.migrate import alembic_config, current_revision, downgrade, upgrade
+from db.models import (
+    Annotation,
+    Base,
+    PatientPseudonym,
+    PresentationState,
+    Segmentation,
+    SegmentationSummary,
+    Series,
+    Study,
+)
 from db.queries import (
     _segmentation_stats,
     failures_by_stage,
@@ -100,7 +109,7 @@ def series_results(n: int, *, patient: str = "PAT-SECRET-1", kind: str = "line",
 def test_upgrade_from_empty_creates_every_table(catalog_url: str) -> None:
     upgrade(catalog_url)
     upgrade(catalog_url)  # a second run is a no-op
-    assert current_revision(catalog_url) == "0002"
+    assert current_revision(catalog_url) == "0003"
     engine = create_engine(catalog_url)
     names = set(inspect(engine).get_table_names())
     with engine.connect() as conn:  # the migrations build exactly what the models declare
@@ -108,14 +117,11 @@ def test_upgrade_from_empty_creates_every_table(catalog_url: str) -> None:
     assert diff == []
     assert {"harvest_run", "study", "series", "presentation_state", "annotation",
             "segmentation", "failure", "patient_pseudonym", "alembic_version"} <= names
-    with engine.begin() as conn:  # and the downgrade removes it all again
-        cfg = alembic_config()
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "base")
+    downgrade(engine, "base")  # and the downgrade removes it all again
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     engine.dispose()
     upgrade(catalog_url)
-    assert current_revision(catalog_url) == "0002"
+    assert current_revision(catalog_url) == "0003"
 
 
 def test_recording_twice_adds_nothing_and_updates(catalog_url: str) -> None:
@@ -365,10 +371,7 @@ def test_migration_backfills_the_summary_and_rebuild_agrees(catalog_url: str) ->
     for n in range(6):
         rec.record_series_results(_random_results(rng, n))
     before, _ = _summary_and_truth(engine)
-    with engine.begin() as conn:  # back to 0001 (no summary), then up again: backfilled
-        cfg = alembic_config()
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0001")
+    downgrade(engine, "0001")  # back to 0001 (no summary), then up again: backfilled
     assert "segmentation_summary" not in inspect(engine).get_table_names()
     upgrade(engine)
     _assert_summary_exact(engine)
@@ -380,6 +383,85 @@ def test_migration_backfills_the_summary_and_rebuild_agrees(catalog_url: str) ->
     after, _ = _summary_and_truth(engine)
     assert after.keys() == before.keys()
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+    engine.dispose()
+
+
+# --- a GSPS drawn on two series ----------------------------------------------------------------
+
+def two_series_results(first: str, second: str) -> tuple[SeriesResults, SeriesResults]:
+    """One study, GSPS "…9.2" with annotations 0, 1 on series ``first`` and 2, 3 on ``second``
+    (3 is skipped: no segmentation), as the two jobs of the harvest record them."""
+    study, gsps = "1.2.826.0.1.9", "1.2.826.0.1.9.2"
+
+    def job(series: str, indexes: tuple[int, ...], segmented: tuple[int, ...]) -> SeriesResults:
+        anns = tuple(AnnotationRecord(gsps, i, "line", series, slice_index=i,
+                                      skip_reason=None if i in segmented else "outside volume")
+                     for i in indexes)
+        segs = tuple(SegmentationRecord(gsps, i, "classical", "1.0", volume_ml=1.0 + i)
+                     for i in segmented)
+        return SeriesResults(StudyRecord(study, "PAT-SECRET-9", date(2025, 4, 1)),
+                             SeriesRecord(series, study, "CT", "CHEST", 50, (2.0, 0.7, 0.7)),
+                             (PresentationStateRecord(gsps, series, "/g/9.dcm"),), anns, segs)
+
+    return job(first, (0, 1), (0, 1)), job(second, (2, 3), (2,))
+
+
+def _annotation_series(engine) -> tuple[dict[int, str], str]:
+    """(GSPS index -> its annotation's series UID, the presentation state's series UID)."""
+    with engine.connect() as conn:
+        by_index = dict(conn.execute(select(Annotation.gsps_index, Series.series_instance_uid)
+                                     .join(Series, Annotation.series_id == Series.id)).all())
+        ps_series = conn.execute(select(Series.series_instance_uid).join(
+            PresentationState, PresentationState.series_id == Series.id)).scalar_one()
+    return by_index, ps_series
+
+
+def test_annotations_of_one_gsps_keep_their_own_series(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    a, b = "1.2.826.0.1.9.1", "1.2.826.0.1.9.3"
+    on_a, on_b = two_series_results(a, b)
+    rec.record_series_results(on_a)
+    rec.record_series_results(on_b)
+    expected = {0: a, 1: a, 2: b, 3: b}
+    assert _annotation_series(engine) == (expected, a)  # the GSPS keeps its first series
+    assert {r.annotation_index: r.series_instance_uid for r in query_rows(engine)} == \
+        {0: a, 1: a, 2: b}
+    counts = table_counts(engine)
+    rec.record_series_results(on_b)  # recorded again, in the other order: no row, no move
+    rec.record_series_results(on_a)
+    assert table_counts(engine) == counts
+    assert counts["presentation_states"] == 1 and counts["annotations"] == 4
+    assert _annotation_series(engine) == (expected, a)
+    wrong = SeriesResults(on_a.study, on_a.series, on_a.presentation_states, on_b.annotations)
+    with pytest.raises(ValueError, match=f"annotation 2 of presentation state .* on series {b}"):
+        rec.record_series_results(wrong)
+    engine.dispose()
+
+
+def test_migration_from_0002_backfills_annotation_series(catalog_url: str) -> None:
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    a, b = "1.2.826.0.1.9.1", "1.2.826.0.1.9.3"
+    on_a, on_b = two_series_results(a, b)
+    rec.record_series_results(on_b)  # B first: the GSPS's series is B
+    rec.record_series_results(on_a)
+    counts = table_counts(engine)
+    downgrade(engine, "0002")
+    assert "series_id" not in {c["name"] for c in inspect(engine).get_columns("annotation")}
+    assert table_counts(engine) == counts  # rebuilding annotation deleted no segmentation
+    upgrade(engine)
+    assert current_revision(engine) == "0003" and table_counts(engine) == counts
+    # segmented annotations get their segmentations' series; 3 (none) its GSPS's series
+    assert _annotation_series(engine) == ({0: a, 1: a, 2: b, 3: b}, b)
+    _assert_summary_exact(engine)
+    if engine.dialect.name == "sqlite":  # a rebuild under enforced foreign keys is refused
+        with engine.begin() as conn:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            with pytest.raises(ValueError, match="foreign keys are on"):
+                command.downgrade(cfg, "0002")
+        assert table_counts(engine) == counts
     engine.dispose()
 
 
