@@ -4,7 +4,8 @@ From one prompt on one slice to a 3D mask, in a crop around the prompt:
 
 1. the prompt's geometry: centre, long-axis length and direction, short axis (measured for a
    bidirectional or ellipse; for an arrow, from the lesion-like region beyond its tip, away
-   from the tail; a point assumes ``default_size_mm``);
+   from the tail, and when that region runs into same-density neighbours, from the scale at
+   which it is most compact and most on real edges; a point assumes ``default_size_mm``);
 2. an intensity model (median and robust spread of HU) from the voxels the prompt covers;
 3. a crop around the prompt, down-sampled in-plane to about 30 voxels across the lesion;
 4. a seed on the prompt slice: in-band voxels inside the 2D ellipse prior from the diameters,
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 from skimage.draw import polygon as fill_polygon
+from skimage.measure import regionprops
 from skimage.segmentation import random_walker
 from skimage.transform import downscale_local_mean
 
@@ -83,6 +85,10 @@ class ClassicalParams:
     arrow_min_band_hu: float = 60.0  # arrowed lesions: wider band (rims, cavities) unless the
     # tail side of the tip shows a lower contrast
     arrow_min_plausible_mm: float = 10.0  # a narrower-band arrow lesion this small: retry wide
+    arrow_scales: int = 9  # diameters tried (geometric, 2 * min_size_mm to the cap) when the
+    # tip's region leaked (see ``_arrow_scale``)
+    arrow_scale_tolerance: float = 0.05  # the smallest diameter scoring this near the best wins
+    arrow_scale_max_cut: float = 0.3  # at most this share of its outline cut by the disc
     min_size_mm: float = 5.0  # smallest lesion diameter assumed
     default_size_mm: float = 30.0  # assumed diameter when a prompt gives none (point)
 
@@ -103,7 +109,8 @@ class ClassicalSegmenter:
     """Prompted 3D lesion segmentation with scikit-image / SciPy filters (see module docstring)."""
 
     name = "classical"
-    version = "1.1.0"  # 1.1: arrows no longer fill the lung a chest wall rings
+    version = "1.2.0"  # 1.1: arrows no longer fill the lung a chest wall rings; 1.2: an arrow's
+    # lesion that touches same-density tissue is sized by scale selection, not a capped fan
     checkpoint_sha256: str | None = None
 
     def __init__(self, params: ClassicalParams | None = None) -> None:
@@ -252,7 +259,11 @@ def _arrow_geometry(head: np.ndarray, tail: np.ndarray, image: np.ndarray, scale
     or ground glass at the tip is skipped); its extent is the median exit distance of a fan of
     rays from the tip through the lesion-like region around it (cavities filled, not the lung a
     same-density chest wall rings; bridges opened).
-    When that region's own diameter agrees with the fan, the region gives centre and axis.
+    When that region's own diameter agrees with the fan, the region gives centre and axis. When
+    it leaked (a hilar tumour into the mediastinum), the fan often stops at an airway inside the
+    lesion: ``_arrow_scale`` picks the region at the scale where it is compact and edged. The
+    narrow band (half-way to the tail side's HU) is tried first; the wide one when the narrow
+    one lost the lesion or leaked, unless it found a small lesion with edges all round.
     """
     d = _unit((head - tail) * scale)  # mm-space direction pointing into the lesion
     step_mm = float(scale.min())
@@ -274,25 +285,32 @@ def _arrow_geometry(head: np.ndarray, tail: np.ndarray, image: np.ndarray, scale
         if outside is not None else half  # the band stops half-way to the outside intensity
     no_edge = outside is not None and abs(mu - outside) < 2 * p.min_contrast_hu
     leak_max = p.arrow_leak_max_mm if no_edge else p.arrow_max_mm
-    geom = _arrow_measure(head, d, central, smooth, hu, mu, narrow, leak_max, scale, p)
-    if narrow < half and geom.long_mm <= p.arrow_min_plausible_mm:  # the narrow band lost it
-        wide = _arrow_measure(head, d, central, smooth, hu, mu, half, leak_max, scale, p)
-        if wide.long_mm > geom.long_mm:
+    geom, enclosed = _arrow_measure(head, d, central, smooth, hu, mu, narrow, leak_max, scale, p,
+                                    rescale=narrow >= half)
+    lost = geom.long_mm <= p.arrow_min_plausible_mm
+    if narrow < half and (lost or not enclosed):  # the narrow band lost the lesion or leaked
+        wide, wide_enclosed = _arrow_measure(head, d, central, smooth, hu, mu, half, leak_max,
+                                             scale, p)
+        # a small lesion with edges all round in the narrow band: only an enclosed wide one
+        if wide.long_mm > geom.long_mm and (wide_enclosed or (lost and not enclosed)):
             return wide
     return geom
 
 
 def _arrow_measure(head: np.ndarray, d: np.ndarray, central: np.ndarray, smooth: np.ndarray,
                    hu: np.ndarray, mu: float, half: float, leak_max_mm: float,
-                   scale: np.ndarray, p: ClassicalParams) -> _Geometry:
-    """Centre, axis and extent of the lesion region in ``[mu - half, mu + half]`` at the tip;
-    the extent is at most ``leak_max_mm`` when that region leaked (its fan measures the leak)."""
+                   scale: np.ndarray, p: ClassicalParams,
+                   rescale: bool = True) -> tuple[_Geometry, bool]:
+    """Centre, axis and extent of the lesion region in ``[mu - half, mu + half]`` at the tip,
+    and whether edges bound it (it did not leak, or ``rescale`` found a scale that does); else
+    the extent is at most ``leak_max_mm`` (the fan measures the leak)."""
     step_mm = float(scale.min())
     t_mm = step_mm * np.arange(int(p.arrow_max_mm / step_mm))
     band = np.abs(smooth - mu) <= half
     in_band = np.abs(hu - mu) <= half
     entry = int(np.argmax(in_band)) if in_band.any() else 0
-    region = _region_at(band, np.round(central[entry: entry + 4]).astype(int), scale, p)
+    at = np.round(central[entry: entry + 4]).astype(int)
+    region = _region_at(band, at, scale, p)
     exits = []
     for angle in np.deg2rad(np.arange(-p.arrow_fan_deg, p.arrow_fan_deg + 1, 10.0)):
         rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -310,10 +328,62 @@ def _arrow_measure(head: np.ndarray, d: np.ndarray, central: np.ndarray, smooth:
         if chord.length_mm <= p.arrow_region_ratio * extent_mm:  # the region did not leak
             return _Geometry(np.argwhere(region).mean(axis=0),
                              _unit((chord.end - chord.start) * scale),
-                             max(chord.length_mm, p.min_size_mm), None, core)
+                             max(chord.length_mm, p.min_size_mm), None, core), True
     extent_mm = min(extent_mm, leak_max_mm)
+    if rescale:  # the fan may have stopped at a gap inside the lesion (an airway, a vessel)
+        chosen = _arrow_scale(head, d, band, at, min(leak_max_mm, p.arrow_max_mm), scale, p)
+        if chosen is not None:
+            chord = longest_chord(chosen, tuple(scale))
+            if chord.length_mm > extent_mm:
+                return _Geometry(np.argwhere(chosen).mean(axis=0),
+                                 _unit((chord.end - chord.start) * scale), chord.length_mm, None,
+                                 core), True
     centre = head + (0.5 * extent_mm * d) / scale
-    return _Geometry(centre, d, extent_mm, None, core)
+    return _Geometry(centre, d, extent_mm, None, core), False
+
+
+def _arrow_scale(head: np.ndarray, d: np.ndarray, band: np.ndarray, at: np.ndarray,
+                 max_mm: float, scale: np.ndarray, p: ClassicalParams) -> np.ndarray | None:
+    """The lesion on the slice when the tip's band region leaked, chosen among scales.
+
+    For diameters from ``2 * min_size_mm`` to ``max_mm``: the tip's in-band component inside a
+    disc of that diameter beyond the tip (the tip on its rim). Its score is the share of its
+    outline on a real edge (not cut by the disc) times its solidity (a lesion is compact; a
+    lesion plus the mediastinum or chest wall it touches is not). The smallest diameter scoring
+    within ``arrow_scale_tolerance`` of the best wins; None when its outline is mostly cut
+    (more than ``arrow_scale_max_cut``): no scale finds the lesion's edges.
+    """
+    half = int(np.ceil(max_mm / float(scale.min()))) + 2
+    lo = np.maximum(np.round(head).astype(int) - half, 0)
+    hi = np.minimum(np.round(head).astype(int) + half + 1, band.shape)
+    window = _fill_small_holes(ndimage.binary_closing(band[lo[0]:hi[0], lo[1]:hi[1]]),
+                               p.arrow_max_hole_mm ** 2 / float(np.prod(scale)))
+    at = at - lo
+    at = at[np.all((at >= 0) & (at < window.shape), axis=1)]
+    rows, cols = np.mgrid[: window.shape[0], : window.shape[1]]
+    scored: list[tuple[float, float, np.ndarray]] = []  # (cut share, score, region)
+    for diameter in np.geomspace(2 * p.min_size_mm, max_mm, p.arrow_scales):
+        centre = head - lo + 0.5 * diameter * d / scale
+        disc = np.hypot((rows - centre[0]) * scale[0], (cols - centre[1]) * scale[1]) \
+            <= 0.5 * diameter + float(scale.min())
+        labels, _ = ndimage.label(window & disc)
+        hit = labels[at[:, 0], at[:, 1]]
+        if not hit.any():
+            continue
+        region = labels == hit[hit > 0][0]
+        edge = region & ~ndimage.binary_erosion(region)
+        cut = float((edge & ndimage.binary_dilation(window & ~disc)).sum()) / float(edge.sum())
+        solidity = float(regionprops(region.astype(np.uint8))[0].solidity)
+        scored.append((cut, (1.0 - cut) * solidity, region))
+    if not scored:
+        return None
+    top = max(score for _, score, _ in scored)
+    cut, _, region = next(item for item in scored if item[1] >= top - p.arrow_scale_tolerance)
+    if cut > p.arrow_scale_max_cut:
+        return None
+    out = np.zeros(band.shape, dtype=bool)
+    out[lo[0]:hi[0], lo[1]:hi[1]] = region
+    return out
 
 
 def _exit(inside: np.ndarray, max_entry: int) -> int:

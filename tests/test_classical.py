@@ -83,6 +83,36 @@ def test_arrows_at_a_lesion_on_the_chest_wall_do_not_leak_into_it():
     assert np.mean(scores) >= 0.85, scores
 
 
+def _hilar_phantom(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A hilar lung tumour (56 x 43 mm in-plane) against the mediastinum (5 HU, the tumour 40),
+    an air-filled bronchus (5 mm) running from the mediastinum into it, like LUNG1-001's GTV."""
+    rng = np.random.default_rng(seed)
+    z, r, c = np.mgrid[:24, :128, :128].astype(float)
+    hu = np.full(r.shape, -820.0, dtype=np.float32)
+    hu[:, :, :40] = 5.0
+    truth = ((c - 72) / 35) ** 2 + ((r - 64) / 27) ** 2 + ((z - 11) / 5) ** 2 <= 1.0
+    hu[truth] = 40.0
+    hu[(np.abs(r - 64) <= 3) & (c >= 30) & (c <= 80)] = -900.0
+    hu += rng.normal(0.0, 20.0, hu.shape).astype(np.float32)
+    return hu, truth & (c >= 40)
+
+
+def test_arrows_at_a_hilar_tumour_find_its_whole_extent():
+    """Arrows from the mediastinum's side: the tip's region leaks into the mediastinum and the
+    fan of rays stops at the bronchus, so 1.1.0 capped the size and gave Dice 0.09-0.11 for two
+    of these 8 arrows (mean 0.68); 1.2.0's scale selection: 0.87-0.91, mean 0.89."""
+    hu, truth = _hilar_phantom()
+    ratios, scores = [], []
+    for seed in range(8):
+        prompt = simulate_prompt(truth, "arrow", SPACING, np.random.default_rng(seed))
+        [mask] = ClassicalSegmenter().segment(hu, SPACING, [prompt])
+        ratios.append(mask.sum() / truth.sum())
+        scores.append(dice(mask, truth))
+    assert min(scores) >= 0.8, scores
+    assert np.mean(scores) >= 0.85, scores
+    assert max(ratios) <= 1.3, ratios
+
+
 def test_low_contrast_liver_lesion():
     hu, truth = _phantom(lesion_hu=30.0, background_hu=60.0, noise=10.0, neighbour_hu=None)
     [mask] = ClassicalSegmenter().segment(hu, SPACING, [simulate_prompt(truth, "line", SPACING)])
@@ -148,7 +178,8 @@ def test_synthetic_lesions_from_lines(synth_dir: Path):
 @pytest.mark.slow
 def test_lung1_arrows_stay_within_a_plausible_volume(lung1_001: Path, lung1_001_volume):
     """Arrows at LUNG1-001 GTV-1 from 8 directions: never more than 2x the GTV's volume (measured
-    at most 0.66x; the tumour is irregular and touches the hilum, arrows under-segment it)."""
+    at most 1.16x with 1.2.0; Dice mean 0.53, but 0.01 for the three arrows whose tail lies in the
+    mediastinum: the narrow band finds a 15 mm region edged all round and keeps it)."""
     from dicom_io.truth import read_truth
 
     volume = lung1_001_volume
@@ -203,3 +234,21 @@ def test_arrow_with_no_edge_at_its_tip_is_bounded(tmp_path: Path):
     assert prompted[0].prompt.kind is PromptKind.ARROW
     assert mask.sum() <= 5 * truth.sum(), mask.sum() / truth.sum()  # measured 3.0x
     assert dice(mask, truth) >= 0.3  # measured 0.49
+
+
+@pytest.mark.slow
+def test_lung1_002_arrows(lung1_002: Path):
+    """Arrows at LUNG1-002 GTV-1 from 8 directions (the tuning case of 1.2.0): Dice mean 0.782,
+    min 0.581 measured (1.1.0: mean 0.751, min 0.339 at seed 6, which 1.2.0 sizes by scales)."""
+    from dicom_io.truth import read_truth
+    from dicom_io.volume import load_series
+
+    volume = load_series(lung1_002 / "ct")
+    truth = read_truth(lung1_002 / "rtstruct.dcm", volume, "GTV-1")
+    scores = []
+    for seed in range(8):
+        prompt = simulate_prompt(truth, "arrow", volume.spacing, np.random.default_rng(seed))
+        [mask] = ClassicalSegmenter().segment(volume.array, volume.spacing, [prompt])
+        scores.append(dice(mask, truth))
+    assert min(scores) >= 0.5, scores
+    assert np.mean(scores) >= 0.77, scores
