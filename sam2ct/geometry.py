@@ -46,7 +46,11 @@ def longest_chord(mask2d: np.ndarray, spacing: tuple[float, float]) -> Chord:
 
 
 def longest_perpendicular(mask2d: np.ndarray, spacing: tuple[float, float], axis: Chord) -> Chord:
-    """The widest extent of ``mask2d`` perpendicular to ``axis`` (RECIST short axis), in mm."""
+    """The widest extent of ``mask2d`` perpendicular to ``axis`` (RECIST short axis), in mm.
+
+    Voxels are grouped in strips one voxel wide across the axis, counted from the axis' start,
+    so the result moves with the lesion: it does not depend on where the lesion lies.
+    """
     scale = np.asarray(spacing, dtype=float)
     mm = np.argwhere(mask2d).astype(float) * scale
     direction = (axis.end - axis.start) * scale
@@ -55,7 +59,8 @@ def longest_perpendicular(mask2d: np.ndarray, spacing: tuple[float, float], axis
         return Chord(axis.start, axis.end, 0.0)
     d = direction / norm
     n = np.array([-d[1], d[0]])
-    u, v = mm @ d, mm @ n
+    origin = np.asarray(axis.start, dtype=float) * scale  # bins start at the axis, not the image
+    u, v = (mm - origin) @ d, (mm - origin) @ n
     bins = np.round(u / float(scale.min())).astype(int)
     order = np.argsort(bins, kind="stable")
     b, v, u = bins[order], v[order], u[order]
@@ -64,7 +69,7 @@ def longest_perpendicular(mask2d: np.ndarray, spacing: tuple[float, float], axis
     counts = np.diff(np.r_[starts, len(b)])
     umean = np.add.reduceat(u, starts) / counts
     k = int(np.argmax(vmax - vmin))
-    p = umean[k] * d
+    p = origin + umean[k] * d
     return Chord((p + vmin[k] * n) / scale, (p + vmax[k] * n) / scale, float(vmax[k] - vmin[k]))
 
 
