@@ -57,6 +57,18 @@ def test_random_checkpoint_loads_with_no_missing_or_unexpected_keys(checkpoint: 
     assert model.image_size == 64 and not model.training
 
 
+def test_segmenter_uses_the_settings_saved_in_the_checkpoint(tmp_path: Path) -> None:
+    """Not only the input size: a model trained with another HU window must segment with it."""
+    from sam2ct.model.segmenter import SAM2CTSegmenter
+
+    config = SAM2CTConfig(image_size=64, hu_window=(-1000.0, 200.0))
+    path = tmp_path / "windowed.pt"
+    save_checkpoint(path, build_sam2ct(config, seed=0), config)
+    segmenter = SAM2CTSegmenter.from_checkpoint(path, device="cpu")
+    assert segmenter.config == config
+    assert SAM2CTConfig.from_dict(inspect_checkpoint(path)[0].to_dict()["config"]) == config
+
+
 def test_plain_sam2_state_dict_reports_exactly_the_four_new_embeddings(tmp_path: Path) -> None:
     from sam2.build_sam import build_sam2
 

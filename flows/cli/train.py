@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="SAM2CT or SAM2.1 Hiera-T checkpoint to start from ('random': none)")
     p.add_argument("--out", required=True, type=Path, help="folder for checkpoints and logs")
     p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000)")
-    p.add_argument("--image-size", type=int, default=1024, help="model input size (default 1024)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="model input size (default: the --init checkpoint's, else 1024)")
     p.add_argument("--device", default=None, help="cuda | mps | cpu (default: best available)")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
     p.add_argument("--clip-length", type=int, default=8, help="slices per clip (default 8)")
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from sam2ct.model.segmenter import default_device
     from sam2ct.training import TrainConfig, load_nifti_cases, train
 
-    config = SAM2CTConfig(image_size=args.image_size)
+    config = SAM2CTConfig(image_size=args.image_size) if args.image_size else None
     train_config = TrainConfig(steps=args.steps, lr=args.lr, clip_length=args.clip_length,
                                seed=args.seed, log_every=args.log_every,
                                save_every=args.save_every, amp=not args.no_amp)
@@ -54,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data}: no training cases (NIfTI pairs or DICOM + SEG/RTSTRUCT)")
     device = args.device or default_device()
     if args.init == "random":
+        config = config or SAM2CTConfig()
         model = build_sam2ct(config, seed=args.seed).to(device)
     else:
         model, report = load_sam2ct(Path(args.init), device, config)
+        config = config or SAM2CTConfig.from_dict(report.config)
         logger.info("init %s (%s, sha256 %s)", args.init, report.kind, report.sha256[:12])
     logger.info("training on %d cases, %d steps, %s", len(cases), args.steps, device)
     result = train(model, cases, args.out, config, train_config, resume=not args.no_resume)

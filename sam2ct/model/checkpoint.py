@@ -43,6 +43,8 @@ class CheckpointReport:
     unexpected_keys: tuple[str, ...]
     shape_mismatches: tuple[str, ...] = field(default=())
     extra_entries: tuple[str, ...] = field(default=())
+    #: the SAM2CTConfig the network was built with (saved in the file, else the defaults)
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def loadable(self) -> bool:
@@ -65,7 +67,7 @@ class CheckpointReport:
                 "missing_keys": list(self.missing_keys),
                 "unexpected_keys": list(self.unexpected_keys),
                 "shape_mismatches": list(self.shape_mismatches),
-                "extra_entries": list(self.extra_entries)}
+                "extra_entries": list(self.extra_entries), "config": self.config}
 
 
 def sha256_of(path: Path) -> str:
@@ -119,7 +121,7 @@ def inspect_checkpoint(path: Path, config: SAM2CTConfig | None = None
                              if k.startswith("sam_prompt_encoder.point_embeddings.")),
         missing_keys=tuple(missing), unexpected_keys=tuple(unexpected),
         shape_mismatches=tuple(mismatched),
-        extra_entries=tuple(sorted(k for k in data if k != "model")))
+        extra_entries=tuple(sorted(k for k in data if k != "model")), config=config.to_dict())
     return report, model, data
 
 

@@ -63,10 +63,10 @@ class SAM2CTSegmenter:
     @classmethod
     def from_checkpoint(cls, path: Path, device: str | None = None,
                         config: SAM2CTConfig | None = None) -> SAM2CTSegmenter:
-        """Load a checkpoint (published layout) on ``device`` (default: best available)."""
+        """Load a checkpoint (published layout) on ``device`` (default: best available), with
+        the settings saved in it (input size, HU window, ...) unless ``config`` is given."""
         model, report = load_sam2ct(Path(path), device or default_device(), config)
-        return cls(model, SAM2CTConfig(image_size=model.image_size) if config is None else config,
-                   report)
+        return cls(model, config or SAM2CTConfig.from_dict(report.config), report)
 
     @property
     def device(self) -> torch.device:
