@@ -18,6 +18,8 @@ ImageNet / SAM2 pre-training, which the real fine-tuning starts from). The bench
 ``--lr``: the CLI default 1e-5 suits fine-tuning a pre-trained model; from random weights a
 larger rate is fair (default here 1e-4).
 Run: .venv/bin/python bench/bench_sam2ct_learning.py --steps 200 --threads 1
+``--pack FILE.npz`` only writes both sets as arrays, for ``bench/gpu_check.py --learn FILE.npz``
+(the GPU machine has neither SimpleITK nor the CLI's other dependencies).
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ def make_dataset(root: Path, studies: int, seed: int, size: int, slices: int) ->
             label[truth > 0] = value
         write_nifti(label, volume.affine, out / "labelsTr" / f"{name}.nii.gz")
     return out
+
+
+def pack_cases(path: Path, sets: dict[str, Path]) -> Path:
+    """Every case of each NIfTI set as ``SET|NAME|image`` (int16 HU), ``|label``, ``|spacing``."""
+    from sam2ct.training import load_nifti_cases
+
+    arrays = {}
+    for split, root in sets.items():
+        for case in load_nifti_cases(root):
+            arrays[f"{split}|{case.name}|image"] = np.round(case.image).astype(np.int16)
+            arrays[f"{split}|{case.name}|label"] = case.label.astype(np.uint8)
+            arrays[f"{split}|{case.name}|spacing"] = np.asarray(case.spacing, dtype=np.float64)
+    np.savez_compressed(path, **arrays)
+    return path
 
 
 def run_cli(argv: list[str]) -> dict:
@@ -116,6 +132,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (on a shared 2-core machine 1 is faster than 2)")
     p.add_argument("--workdir", type=Path, default=None, help="keep files here (default: temp)")
+    p.add_argument("--pack", type=Path, default=None,
+                   help="only write the train and held-out sets to this .npz and stop")
     return p.parse_args()
 
 
@@ -129,6 +147,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
     heldout = make_dataset(work / "heldout", args.heldout_studies, 202, args.size, args.slices)
     print(f"data: {args.train_studies} train + {args.heldout_studies} held-out studies, "
           f"{args.size} px x {args.slices} slices ({time.perf_counter() - start:.0f} s)")
+    if args.pack is not None:
+        pack_cases(args.pack, {"train": train_data, "heldout": heldout})
+        print(f"packed: {args.pack} ({args.pack.stat().st_size / 2**20:.1f} MiB)")
+        return
     config = SAM2CTConfig(image_size=args.size)
     init = save_checkpoint(work / "init.pt", build_sam2ct(config, seed=args.seed), config)
 

@@ -2,7 +2,12 @@
 
 Prints training steps/s, propagation slices/s (goal on an H100: >= 100), peak GPU memory and a
 per-stage breakdown of propagation (encode / memory attention / decode / memory encode /
-resample; host and kernel time, from the profiler).
+resample; host and kernel time, from the profiler). ``--variants`` times the forced sweep with
+each propagation option (stop check in step or one step late, CUDA graphs, bf16 weights) in
+one run, and how far the unforced masks of each option agree with the plain one.
+``--learn FILE.npz`` (from ``bench/bench_sam2ct_learning.py --pack``) trains a randomly
+initialised model for ``--learn-steps`` and prints held-out Dice before and after, with the
+classical segmenter on the same lesions.
 Needs torch, sam2 (+ hydra, omegaconf, iopath), numpy, scipy, scikit-image, pydicom; installs
 nothing. Run through bench/gpu_check.sh LUNG1_DIR [options].
 """
@@ -11,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -104,21 +112,31 @@ def forced_present(model):
         handle.remove()
 
 
-def forced_sweep(model, volume: np.ndarray, prompt: Prompt, config, device) -> None:
-    """Throughput over every slice: the decoder's verdict pinned to 'object present'."""
+def forced_sweep(model, volume: np.ndarray, prompt: Prompt, config, device,
+                 lookahead: bool | None = None, label: str = "SWEEP", repeats: int = 1) -> float:
+    """Throughput over every slice: the decoder's verdict pinned to 'object present'.
+
+    Best of ``repeats`` timed sweeps after one untimed (CUDA graphs are captured there).
+    """
     from sam2ct.model.preprocess import prompt_points
 
     coords, labels = prompt_points(prompt, volume.shape[1:], config)
-    with forced_present(model):
+    times = []
+    with forced_present(model), torch.inference_mode(), _autocast(device):
+        propagate(model, volume, coords, labels, prompt.slice_index, config, lookahead)
         reset_peak(device)
-        sync(device)
-        start = time.perf_counter()
-        with torch.inference_mode(), _autocast(device):
-            result = propagate(model, volume, coords, labels, prompt.slice_index, config)
-        sync(device)
-        seconds = time.perf_counter() - start
-    print(f"SWEEP  all {len(result.visited)} slices (decoder forced non-empty): {seconds:.2f} s, "
-          f"{len(result.visited) / seconds:.1f} slices/s, peak GPU memory {peak_gib(device)}")
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            result = propagate(model, volume, coords, labels, prompt.slice_index, config,
+                               lookahead)
+            sync(device)
+            times.append(time.perf_counter() - start)
+    rate = len(result.visited) / min(times)
+    print(f"{label}  all {len(result.visited)} slices (decoder forced non-empty): "
+          f"{min(times):.2f} s best of {repeats}, {rate:.1f} slices/s, "
+          f"peak GPU memory {peak_gib(device)}")
+    return rate
 
 
 def stage_breakdown(model, volume: np.ndarray, prompt: Prompt, config, device,
@@ -166,10 +184,8 @@ def _autocast(device: torch.device):
         else contextlib.nullcontext()
 
 
-def run_inference(model, config, args, device) -> None:
-    volume, truth, prompt = lung1_prompt(Path(args.lung1), args.roi)
-    print(f"LUNG1  {volume.array.shape} voxels, prompt on slice {prompt.slice_index}")
-    segmenter = SAM2CTSegmenter(model.eval(), config)
+def infer(segmenter, volume, truth, prompt: Prompt, device) -> None:
+    """Time ``segmenter.segment`` on the LUNG1 series after one warm-up call."""
     segmenter.segment(volume.array, volume.spacing, [prompt])  # warm-up
     reset_peak(device)
     sync(device)
@@ -183,9 +199,125 @@ def run_inference(model, config, args, device) -> None:
         dice = f"{2 * (mask & truth).sum() / max(1, mask.sum() + truth.sum()):.3f}"
     print(f"INFER  {visited} slices visited in {seconds:.2f} s ({visited / seconds:.1f} slices/s), "
           f"{int(mask.any(axis=(1, 2)).sum())} slices with lesion, Dice vs GTV {dice} "
-          f"(random/untrained weights unless --checkpoint), peak GPU memory {peak_gib(device)}")
-    forced_sweep(model, volume.array, prompt, config, device)
+          f"(random/untrained weights unless --checkpoint), peak GPU memory {peak_gib(device)}"
+          f"{', CUDA graphs' if segmenter.config.cuda_graphs else ', no CUDA graphs'}")
+
+
+def run_inference(model, config, args, device) -> None:
+    volume, truth, prompt = lung1_prompt(Path(args.lung1), args.roi)
+    print(f"LUNG1  {volume.array.shape} voxels, prompt on slice {prompt.slice_index}")
+    configs = [config] + ([dataclasses.replace(config, cuda_graphs=False)] if args.variants
+                          else [])
+    for cfg in configs:
+        infer(SAM2CTSegmenter(model.eval(), cfg), volume, truth, prompt, device)
+    forced_sweep(model, volume.array, prompt, config, device, repeats=2)
+    if args.variants:
+        compare_variants(model, volume.array, prompt, config, device)
     stage_breakdown(model, volume.array, prompt, config, device)
+
+
+def bf16_weights(model):
+    """A copy whose linear and convolution weights are stored in bfloat16 (autocast then
+    casts no weights); norms and embeddings stay float32."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            module.to(torch.bfloat16)
+    return model
+
+
+def unforced_masks(model, volume: np.ndarray, prompt: Prompt, config, device,
+                   lookahead: bool | None) -> dict[int, np.ndarray]:
+    from sam2ct.model.preprocess import prompt_points
+
+    coords, labels = prompt_points(prompt, volume.shape[1:], config)
+    with torch.inference_mode(), _autocast(device):
+        propagate(model, volume, coords, labels, prompt.slice_index, config, lookahead)
+        return propagate(model, volume, coords, labels, prompt.slice_index, config,
+                         lookahead).masks
+
+
+def agreement(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> str:
+    """Dice of two propagations' masks over all slices, and the slices only one of them has."""
+    both = sorted(set(a) & set(b))
+    inter = sum(int((a[i] & b[i]).sum()) for i in both)
+    total = sum(int(m.sum()) for m in a.values()) + sum(int(m.sum()) for m in b.values())
+    return f"Dice {2 * inter / max(1, total):.4f}, slices {len(a)} vs {len(b)}"
+
+
+def compare_variants(model, volume: np.ndarray, prompt: Prompt, config, device) -> None:
+    """Forced-sweep slices/s of each propagation option, and unforced mask agreement."""
+    eager = dataclasses.replace(config, cuda_graphs=False)
+    graphs = dataclasses.replace(config, cuda_graphs=True)
+    variants = [("stop check in step", model, eager, False),
+                ("stop check one step late", model, eager, True),
+                ("late check + CUDA graphs", model, graphs, True),
+                ("late check + graphs + bf16 weights", None, graphs, True)]
+    plain = unforced_masks(model, volume, prompt, eager, device, False)
+    for name, net, cfg, lookahead in variants:
+        try:
+            net = net if net is not None else bf16_weights(model)
+            forced_sweep(net, volume, prompt, cfg, device, lookahead, label=f"VARIANT {name}:", repeats=3)
+            masks = unforced_masks(net, volume, prompt, cfg, device, lookahead)
+            print(f"         unforced masks vs stop check in step: "
+                  f"{agreement(plain, masks)}")
+        except Exception as exc:  # a variant that fails is reported, the check goes on
+            print(f"VARIANT  {name}: FAILED {type(exc).__name__}: {exc}")
+
+
+def unpack_cases(path: Path) -> dict[str, list[LesionCase]]:
+    """The sets written by ``bench_sam2ct_learning.py --pack``: {'train': [...], 'heldout': [...]}."""
+    data = np.load(path)
+    sets: dict[str, list[LesionCase]] = {}
+    for key in sorted(data.files):
+        split, name, part = key.split("|")
+        if part == "image":
+            spacing = tuple(float(v) for v in data[f"{split}|{name}|spacing"])
+            sets.setdefault(split, []).append(LesionCase(
+                name, data[key].astype(np.float32), data[f"{split}|{name}|label"], spacing))
+    return sets
+
+
+def held_out_dice(segmenter, cases: list[LesionCase]) -> str:
+    from sam2ct.evaluation import evaluate_dataset, summarise_kind
+
+    run = evaluate_dataset(cases, segmenter, ["line", "arrow"])
+    parts = []
+    for kind in ("line", "arrow"):
+        row = summarise_kind(kind, run.results)
+        parts.append(f"{kind} {row.mean_dice:.3f} (median {row.median_dice:.3f}, n {row.n})")
+    return ", ".join(parts)
+
+
+def run_learning(args, device) -> None:
+    """Random init -> ``--learn-steps`` of training -> held-out Dice, with classical as a peer."""
+    from sam2ct.registry import choose_segmenter
+
+    sets = unpack_cases(Path(args.learn))
+    size = sets["train"][0].image.shape[-1]
+    config = SAM2CTConfig(image_size=size)
+    model = build_sam2ct(config, seed=0).to(device)
+    print(f"LEARN  {len(sets['train'])} train / {len(sets['heldout'])} held-out synthetic "
+          f"studies at {size} px; random init (no pre-trained weights exist here)")
+    print(f"LEARN  held-out Dice, classical: {held_out_dice(choose_segmenter('classical').segmenter, sets['heldout'])}")
+    print(f"LEARN  held-out Dice, random init: "
+          f"{held_out_dice(SAM2CTSegmenter(model, config), sets['heldout'])}")
+    steps, seconds, losses = 0, 0.0, []
+    with tempfile.TemporaryDirectory() as out:
+        while steps < args.learn_steps and seconds < args.learn_seconds:
+            chunk = min(args.learn_steps, steps + 250)  # resumes from out/last.pt each time
+            result = train(model, sets["train"], Path(out), config,
+                           TrainConfig(steps=chunk, lr=args.learn_lr, log_every=50,
+                                       save_every=chunk + 1), resume=True)
+            steps, seconds = chunk, seconds + result.seconds
+        for line in (Path(out) / "train_log.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            losses.append(f"{row['step']}: {row['total']:.2f}")
+    print(f"LEARN  {steps} steps in {seconds:.0f} s ({steps / seconds:.2f} steps/s, checkpoint "
+          f"writes included), lr {args.learn_lr:g}; one clip's loss every 50 steps: "
+          + ", ".join(losses))
+    print(f"LEARN  held-out Dice, trained: "
+          f"{held_out_dice(SAM2CTSegmenter(model.eval(), config), sets['heldout'])}")
 
 
 def main() -> None:
@@ -198,6 +330,14 @@ def main() -> None:
     parser.add_argument("--train-side", type=int, default=512)
     parser.add_argument("--train-slices", type=int, default=24)
     parser.add_argument("--checkpoint", default=None, help="SAM2CT weights (default: random)")
+    parser.add_argument("--variants", action="store_true", help="time each propagation option")
+    parser.add_argument("--skip-check", action="store_true",
+                        help="skip the training steps and LUNG1 inference (e.g. with --learn)")
+    parser.add_argument("--learn", default=None, help=".npz from bench_sam2ct_learning --pack")
+    parser.add_argument("--learn-steps", type=int, default=20000, help="at most")
+    parser.add_argument("--learn-seconds", type=float, default=240,
+                        help="stop training after the 250-step chunk that passes this")
+    parser.add_argument("--learn-lr", type=float, default=1e-4)
     args = parser.parse_args()
     device = torch.device(args.device)
     config = SAM2CTConfig(image_size=args.image_size)
@@ -210,8 +350,11 @@ def main() -> None:
     else:
         model = build_sam2ct(config, seed=0).to(device)
     began = time.perf_counter()
-    run_training(model, config, args, device)
-    run_inference(model, config, args, device)
+    if not args.skip_check:
+        run_training(model, config, args, device)
+        run_inference(model, config, args, device)
+    if args.learn:
+        run_learning(args, device)
     print(f"TOTAL  {time.perf_counter() - began:.0f} s")
 
 

@@ -58,17 +58,18 @@ def _forcing(model: torch.nn.Module, empty: set[tuple[int, int]]
     return model.sam_mask_decoder.register_forward_hook(hook)
 
 
-def _run(model, volume, prompt_index=4):
+def _run(model, volume, prompt_index=4, lookahead=False):
     coords = np.array([[20.0, 20.0], [40.0, 30.0]])
     labels = np.array([4, 4])
     with torch.inference_mode():
-        return propagate(model, volume, coords, labels, prompt_index, SMALL)
+        return propagate(model, volume, coords, labels, prompt_index, SMALL, lookahead)
 
 
-def test_propagation_reaches_slice_zero_and_the_last_slice(model, volume) -> None:
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_propagation_reaches_slice_zero_and_the_last_slice(model, volume, lookahead) -> None:
     handle = _forcing(model, set())
     try:
-        result = _run(model, volume)
+        result = _run(model, volume, lookahead=lookahead)
     finally:
         handle.remove()
     # both directions in lockstep: 5 and 3, then 6 and 2, ... down to slice 0 and up to 8
@@ -78,17 +79,31 @@ def test_propagation_reaches_slice_zero_and_the_last_slice(model, volume) -> Non
     assert all(m.shape == SHAPE[1:] and m.all() for m in result.masks.values())
 
 
-def test_each_direction_stops_at_the_first_empty_mask(model, volume) -> None:
+@pytest.mark.parametrize("lookahead, empty", [
     # decoder calls: 0 = prompt slice 4; 1 = slices (5, 3); 2 = (6, 2) -> up empty at 6;
     # 3 = (1,) -> down empty at 1
-    handle = _forcing(model, {(2, 0), (3, 0)})
+    (False, {(2, 0), (3, 0)}),
+    # looking ahead, call 3 = (7, 1) is launched before call 2's empty slice 6 is seen: slice 7
+    # is computed but dropped, slice 1 (row 1) is empty; call 4 = (0,) is dropped too
+    (True, {(2, 0), (3, 1)}),
+])
+def test_each_direction_stops_at_the_first_empty_mask(model, volume, lookahead, empty) -> None:
+    handle = _forcing(model, empty)
     try:
-        result = _run(model, volume)
+        result = _run(model, volume, lookahead=lookahead)
     finally:
         handle.remove()
     assert result.visited == [4, 5, 3, 6, 2, 1]
     assert result.stopped_at == {1: 6, -1: 1}
     assert sorted(result.masks) == [2, 3, 4, 5]
+
+
+def test_looking_ahead_gives_the_same_propagation(model, volume) -> None:
+    """Unforced random weights: checking each mask one step late changes nothing visible."""
+    plain, ahead = _run(model, volume), _run(model, volume, lookahead=True)
+    assert ahead.visited == plain.visited and ahead.stopped_at == plain.stopped_at
+    assert sorted(ahead.masks) == sorted(plain.masks)
+    assert all(np.array_equal(ahead.masks[i], plain.masks[i]) for i in plain.masks)
 
 
 def test_empty_prompt_slice_does_not_propagate(model, volume) -> None:
@@ -171,8 +186,9 @@ def test_every_stage_runs_in_a_named_profiler_range(model, volume, monkeypatch) 
         _run(model, volume)
     finally:
         handle.remove()
-    # 9 slices: prompt + 4 lockstep steps decoded; encoded in chunks 4..7, 0..3, 8
-    assert ranges == {"sam2ct.encode": 3, "sam2ct.memory_attention": 4, "sam2ct.decode": 5,
+    # 9 slices: prompt + 4 lockstep steps decoded; encoded in chunks 4..7, 0..3, 8; each step's
+    # memory attention in two ranges (gathering the bank, attending to it)
+    assert ranges == {"sam2ct.encode": 3, "sam2ct.memory_attention": 8, "sam2ct.decode": 5,
                       "sam2ct.memory_encode": 5, "sam2ct.resample": 5}
     assert {name.removeprefix("sam2ct.") for name in ranges} == set(module.STAGES)
 
@@ -260,3 +276,51 @@ def test_registry_loads_sam2ct_from_a_checkpoint_path(segmenter) -> None:
     choice = choose_segmenter(segmenter.report.path, device="cpu")
     assert isinstance(choice.segmenter, SAM2CTSegmenter) and choice.warning is None
     assert choice.segmenter.checkpoint_sha256 == segmenter.checkpoint_sha256
+
+
+def test_cuda_graphs_only_for_cuda_inference(model) -> None:
+    from sam2ct.model.propagate import track_graphs
+
+    assert SAM2CTConfig().cuda_graphs  # on by default, where it applies
+    with torch.inference_mode():
+        assert track_graphs(model, SMALL) is None  # the model lives on the CPU
+
+
+def test_graph_cache_counts_sightings_per_run() -> None:
+    """A shape seen once per run (a bank filling up) is never captured, however many runs."""
+    from sam2ct.model.graphs import GraphCache
+
+    cache, calls = GraphCache(capture_after=2), []
+
+    def double(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        calls.append(x.shape)
+        return (x * 2,)
+
+    for _ in range(3):
+        cache.new_run()
+        [out] = cache.run(double, "key", [torch.ones(3)])
+        [other] = cache.run(double, "key", [torch.ones(4)])  # another shape, another signature
+        assert torch.equal(out, torch.full((3,), 2.0)) and other.shape == (4,)
+    # on the CPU a second sighting in one run would try to capture and fail
+    assert len(calls) == 6 and not cache.graphs and cache.replays == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_give_the_eager_masks(volume) -> None:
+    from dataclasses import replace
+
+    from sam2ct.model.propagate import track_graphs
+
+    gpu = build_sam2ct(SMALL, seed=0).cuda()
+    coords, labels = np.array([[20.0, 20.0], [40.0, 30.0]]), np.array([4, 4])
+    tall = np.tile(volume, (3, 1, 1))  # 27 slices: 13 steps a side, the bank full from step 8
+    runs = {}
+    for graphs in (False, True):
+        config = replace(SMALL, cuda_graphs=graphs)
+        with torch.inference_mode():
+            for _ in range(2):  # the second run replays what the first captured
+                runs[graphs] = propagate(gpu, tall, coords, labels, 13, config)
+    assert runs[True].visited == runs[False].visited
+    assert all(np.array_equal(runs[True].masks[i], runs[False].masks[i]) for i in runs[False].masks)
+    with torch.inference_mode():
+        assert track_graphs(gpu, SMALL).graphs

@@ -120,32 +120,52 @@ class MemoryBank:
         return ptrs_t, enc.repeat_interleave(split, dim=0)
 
 
+def gather_memories(model: SAM2Base, banks: Sequence[MemoryBank], indices: Sequence[int],
+                    num_slices: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Memory tokens and position encodings (L, B, mem_dim) of a batch, and the pointer count.
+
+    Batch row ``b`` is slice ``indices[b]`` reading ``banks[b]``; rows must gather the same
+    number of memories, as the two propagation directions do in lockstep.
+    """
+    if len(banks) != len(indices):
+        raise ValueError(f"Invalid 'banks' - {len(banks)} banks for {len(indices)} indices")
+    gathered = [bank.gather(model, i, num_slices) for bank, i in zip(banks, indices, strict=True)]
+    if len({(g[0].shape[0], g[2]) for g in gathered}) != 1:
+        raise ValueError("Invalid 'banks' - batch rows hold different numbers of memories")
+    return (torch.cat([g[0] for g in gathered], dim=1), torch.cat([g[1] for g in gathered], dim=1),
+            gathered[0][2])
+
+
+def attend(model: SAM2Base, vision_feat: torch.Tensor, vision_pos: torch.Tensor,
+           feat_size: tuple[int, int], memory: torch.Tensor | None,
+           memory_pos: torch.Tensor | None, num_ptr: int = 0) -> torch.Tensor:
+    """Memory attention: (HW, B, C) features -> memory-conditioned (B, C, H, W).
+
+    Without memory (the prompt slice) the result is the image features plus SAM2's no-memory
+    embedding, as SAM2.1 with ``directly_add_no_mem_embed`` does.
+    """
+    hw, batch, channels = vision_feat.shape
+    if memory is None:
+        out = vision_feat + model.no_mem_embed
+    else:
+        if memory.shape[1] != batch:
+            raise ValueError(f"Invalid 'memory' - batch {memory.shape[1]} for {batch} slices")
+        out = model.memory_attention(curr=[vision_feat], curr_pos=[vision_pos], memory=memory,
+                                     memory_pos=memory_pos, num_obj_ptr_tokens=num_ptr)
+    return out.permute(1, 2, 0).reshape(batch, channels, *feat_size)
+
+
 def condition_features(model: SAM2Base, vision_feat: torch.Tensor, vision_pos: torch.Tensor,
                        feat_size: tuple[int, int], banks: Sequence[MemoryBank] | None,
                        indices: Sequence[int], num_slices: int) -> torch.Tensor:
-    """Memory attention: (HW, B, C) features -> memory-conditioned (B, C, H, W).
-
-    Batch row ``b`` is slice ``indices[b]`` attending to ``banks[b]`` (rows must gather the same
-    number of memories, as the two propagation directions do in lockstep). On the prompt slice
-    (``banks`` None) the result is the image features plus SAM2's no-memory embedding, as
-    SAM2.1 with ``directly_add_no_mem_embed`` does.
-    """
-    hw, batch, channels = vision_feat.shape
+    """``attend`` to what ``banks`` hold for ``indices`` (no memory when ``banks`` is None)."""
     if banks is None:
-        out = vision_feat + model.no_mem_embed
-    else:
-        if len(banks) != batch or len(indices) != batch:
-            raise ValueError(f"Invalid 'banks' - {len(banks)} banks and {len(indices)} indices "
-                             f"for a batch of {batch}")
-        gathered = [bank.gather(model, i, num_slices) for bank, i in zip(banks, indices,
-                                                                          strict=True)]
-        if len({(g[0].shape[0], g[2]) for g in gathered}) != 1:
-            raise ValueError("Invalid 'banks' - batch rows hold different numbers of memories")
-        memory = torch.cat([g[0] for g in gathered], dim=1)
-        memory_pos = torch.cat([g[1] for g in gathered], dim=1)
-        out = model.memory_attention(curr=[vision_feat], curr_pos=[vision_pos], memory=memory,
-                                     memory_pos=memory_pos, num_obj_ptr_tokens=gathered[0][2])
-    return out.permute(1, 2, 0).reshape(batch, channels, *feat_size)
+        return attend(model, vision_feat, vision_pos, feat_size, None, None)
+    if len(banks) != vision_feat.shape[1]:
+        raise ValueError(f"Invalid 'banks' - {len(banks)} banks for a batch of "
+                         f"{vision_feat.shape[1]}")
+    return attend(model, vision_feat, vision_pos, feat_size,
+                  *gather_memories(model, banks, indices, num_slices))
 
 
 def encode_memory(model: SAM2Base, conditioned: torch.Tensor, high_res_masks: torch.Tensor,

@@ -6,10 +6,15 @@ accelerator and of a size that suits the caches on the CPU (``slices_per_encode`
 functions serve training (with gradients) and inference (under ``torch.inference_mode``). Each
 stage runs inside a ``torch.profiler.record_function`` range ``sam2ct.<stage>`` (``STAGES``), so a
 profiler run gives a per-stage breakdown; outside a profiler the ranges cost microseconds.
+
+On CUDA a step is launch-bound (host time well above kernel time at 1024 px on an H100), so
+inference there replays the tracking step from CUDA graphs once its shapes repeat
+(``track_graphs``) and checks each step's mask only after launching the next (``looks_ahead``).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +25,15 @@ from sam2.modeling.sam2_base import SAM2Base
 from torch.profiler import record_function
 
 from sam2ct.model.config import SAM2CTConfig
-from sam2ct.model.memory import MemoryBank, SliceMemory, condition_features, encode_memory
+from sam2ct.model.graphs import GraphCache
+from sam2ct.model.memory import (
+    MemoryBank,
+    SliceMemory,
+    attend,
+    condition_features,
+    encode_memory,
+    gather_memories,
+)
 from sam2ct.model.preprocess import point_inputs, preprocess_slices
 
 STAGES = ("encode", "memory_attention", "decode", "memory_encode", "resample")
@@ -82,14 +95,61 @@ def prompt_step(model: SAM2Base, feats: SliceFeatures, points: dict[str, torch.T
 
 
 def track_step(model: SAM2Base, feats: SliceFeatures, banks: Sequence[MemoryBank],
-               indices: Sequence[int], num_slices: int) -> StepOutput:
+               indices: Sequence[int], num_slices: int,
+               graphs: GraphCache | None = None) -> StepOutput:
     """Propagated slices (one per batch row): memory attention against each row's bank, then
-    the decoder without prompt."""
+    the decoder without prompt. ``graphs`` replays captured CUDA graphs where it can."""
     with record_function("sam2ct.memory_attention"):
-        conditioned = condition_features(model, feats.vision_feat, feats.vision_pos,
-                                         feats.feat_size, banks, indices, num_slices)
+        memory, memory_pos, num_ptr = gather_memories(model, banks, indices, num_slices)
+    if graphs is not None:
+        return _graphed_step(graphs, model, feats, memory, memory_pos, num_ptr)
+    return attend_and_decode(model, feats, memory, memory_pos, num_ptr)
+
+
+def attend_and_decode(model: SAM2Base, feats: SliceFeatures, memory: torch.Tensor,
+                      memory_pos: torch.Tensor, num_ptr: int) -> StepOutput:
+    """The tracking step once its memories are gathered (what a CUDA graph captures)."""
+    with record_function("sam2ct.memory_attention"):
+        conditioned = attend(model, feats.vision_feat, feats.vision_pos, feats.feat_size,
+                             memory, memory_pos, num_ptr)
     multimask = model.multimask_output_in_sam and model.multimask_output_for_tracking
     return _decode(model, feats, conditioned, None, multimask, False)
+
+
+def _graphed_step(graphs: GraphCache, model: SAM2Base, feats: SliceFeatures,
+                  memory: torch.Tensor, memory_pos: torch.Tensor, num_ptr: int) -> StepOutput:
+    """``attend_and_decode`` through ``graphs``: tensors in, tensors out, rebuilt as a step."""
+    def step(feat, pos, high0, high1, mem, mem_pos):
+        out = attend_and_decode(model, SliceFeatures(feat, pos, feats.feat_size, [high0, high1]),
+                                mem, mem_pos, num_ptr)
+        return (out.multimask_logits, out.ious, out.high_res_logits, out.object_score_logits,
+                out.memory.features, out.memory.pos_enc, out.memory.obj_ptr, out.conditioned)
+
+    multi, ious, high, score, mem_feat, mem_pos_enc, obj_ptr, conditioned = graphs.run(
+        step, (feats.feat_size, num_ptr),
+        [feats.vision_feat, feats.vision_pos, *feats.high_res, memory, memory_pos])
+    return StepOutput(multi, ious, high, score, SliceMemory(mem_feat, mem_pos_enc, obj_ptr),
+                      conditioned)
+
+
+_GRAPHS: weakref.WeakKeyDictionary[SAM2Base, GraphCache] = weakref.WeakKeyDictionary()
+
+
+def track_graphs(model: SAM2Base, config: SAM2CTConfig) -> GraphCache | None:
+    """The model's CUDA graphs of the tracking step, if enabled, ready for a new propagation.
+
+    Graphs are kept across propagations; a shape is captured when it repeats within one.
+
+    Only on CUDA and with ``config.cuda_graphs``, and never while training (a graph replays
+    the kernels it captured, without autograd).
+    """
+    device = next(model.parameters()).device
+    if not config.cuda_graphs or device.type != "cuda" or torch.is_grad_enabled():
+        return None
+    if model not in _GRAPHS:
+        _GRAPHS[model] = GraphCache()
+    _GRAPHS[model].new_run()
+    return _GRAPHS[model]
 
 
 def stack_features(parts: Sequence[SliceFeatures]) -> SliceFeatures:
@@ -173,17 +233,41 @@ def _native(high_res: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         return logits[:, 0] > 0
 
 
+def looks_ahead(device: torch.device) -> bool:
+    """Whether propagation launches the next step before checking the last one's mask.
+
+    On an accelerator the stop check (is the mask empty?) waits for the GPU; checking one step
+    late lets the host queue the next step meanwhile, so host and GPU overlap. The price is one
+    discarded slice per direction that stops early, which the CPU would compute for nothing.
+    """
+    return device.type != "cpu"
+
+
+@dataclass
+class _Step:
+    """One lockstep step in flight: which slices, their masks, and whether each holds lesion."""
+
+    directions: list[int]
+    indices: list[int]
+    masks: torch.Tensor  # (B, rows, cols) bool, on the device
+    present: torch.Tensor  # (B,) bool, on the device
+
+
 def propagate(model: SAM2Base, volume: np.ndarray, coords: np.ndarray, labels: np.ndarray,
-              prompt_index: int, config: SAM2CTConfig) -> Propagation:
+              prompt_index: int, config: SAM2CTConfig, lookahead: bool | None = None
+              ) -> Propagation:
     """Segment the lesion in 3D from labelled points on slice ``prompt_index``.
 
     Encode and decode the prompt slice, then propagate to higher and to lower indices, each
     direction stopping at its first empty mask and reaching slice 0 / the last slice when the
     lesion does. Each direction has its own non-conditioning memories and shares only the prompt
     memory, exactly as "clear, then propagate the other way"; the two run in lockstep as one
-    batch of two, which halves the sequential steps. Call under ``torch.inference_mode``.
+    batch of two, which halves the sequential steps. ``lookahead`` (default ``looks_ahead``)
+    checks each step's mask after launching the next; the result is the same. Call under
+    ``torch.inference_mode``.
     """
     device = next(model.parameters()).device
+    lookahead = looks_ahead(device) if lookahead is None else lookahead
     n, shape = volume.shape[0], tuple(volume.shape[1:])
     encoder = ChunkedEncoder(model, volume, config, device)
     first = prompt_step(model, encoder.get(prompt_index, +1),
@@ -195,33 +279,56 @@ def propagate(model: SAM2Base, volume: np.ndarray, coords: np.ndarray, labels: n
     banks = {d: MemoryBank(config) for d in (+1, -1)}
     for bank in banks.values():
         bank.set_prompt(prompt_index, first.memory)
-    active = [+1, -1]
-    step = 0
+    graphs = track_graphs(model, config)
+    active, pending, step = [+1, -1], None, 0
     while active:
         step += 1
         for d in [d for d in active if not 0 <= prompt_index + d * step < n]:
             result.stopped_at[d] = None  # reached the end of the volume
             active.remove(d)
-        if active:
-            _step_directions(model, encoder, banks, active, prompt_index, step, n,
-                             shape, result)
+        launched = _launch_step(model, encoder, banks, active, prompt_index, step, n,
+                                shape, graphs) if active else None
+        if pending is not None:
+            _resolve_step(pending, result, active)
+        pending = launched
+        if not lookahead and pending is not None:
+            _resolve_step(pending, result, active)
+            pending = None
+    if pending is not None:
+        _resolve_step(pending, result, active)
     return result.to_numpy()
 
 
-def _step_directions(model: SAM2Base, encoder: ChunkedEncoder, banks: dict[int, MemoryBank],
-                     active: list[int], start: int, step: int, n: int, shape: tuple[int, int],
-                     result: Propagation) -> None:
-    """One lockstep step: slice ``start + d * step`` for each active direction ``d``."""
+def _launch_step(model: SAM2Base, encoder: ChunkedEncoder, banks: dict[int, MemoryBank],
+                 active: list[int], start: int, step: int, n: int, shape: tuple[int, int],
+                 graphs: GraphCache | None = None) -> _Step:
+    """Queue one lockstep step: slice ``start + d * step`` for each active direction ``d``.
+
+    Each slice's memory enters its direction's bank at once; if the mask turns out empty the
+    direction stops and that memory is never read.
+    """
     indices = [start + d * step for d in active]
     feats = stack_features([encoder.get(i, d) for i, d in zip(indices, active, strict=True)])
-    out = track_step(model, feats, [banks[d] for d in active], indices, n)
-    masks = _native(out.high_res_logits, shape)  # stays on the device: one sync per step
-    present = (out.high_res_logits > 0).flatten(1).any(1).tolist()
-    for row, (d, index) in enumerate(zip(list(active), indices, strict=True)):
+    out = track_step(model, feats, [banks[d] for d in active], indices, n, graphs)
+    for row, (d, index) in enumerate(zip(active, indices, strict=True)):
+        banks[d].add(index, out.memory.row(row))
+    present = (out.high_res_logits > 0).flatten(1).any(1)
+    return _Step(list(active), indices, _native(out.high_res_logits, shape), present)
+
+
+def _resolve_step(step: _Step, result: Propagation, active: list[int]) -> None:
+    """Record a finished step: keep non-empty masks, stop each direction at its first empty one.
+
+    Rows past a direction's stop (launched before the stop was known) are dropped unseen.
+    """
+    present = step.present.tolist()  # waits for this step only
+    for row, (d, index) in enumerate(zip(step.directions, step.indices, strict=True)):
+        if result.stopped_at.get(d) is not None:
+            continue  # launched ahead of an empty slice
         result.visited.append(index)
         if not present[row]:
             result.stopped_at[d] = index
-            active.remove(d)
+            if d in active:
+                active.remove(d)
             continue
-        result.masks[index] = masks[row]
-        banks[d].add(index, out.memory.row(row))
+        result.masks[index] = step.masks[row]
