@@ -266,6 +266,33 @@ def test_segmenter_output_on_native_grid_and_deterministic(segmenter, volume) ->
     assert segmenter.name == "sam2ct" and len(segmenter.checkpoint_sha256) == 64
 
 
+def test_segmenter_calls_from_threads_take_turns(segmenter, volume) -> None:
+    """Flows may call one cached segmenter from several task threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    active, overlaps = [0], []
+
+    def count(_module, _args):
+        active[0] += 1
+        overlaps.append(active[0])
+
+    def uncount(_module, _args, _out):
+        active[0] -= 1
+
+    hooks = [segmenter.model.sam_mask_decoder.register_forward_pre_hook(count),
+             segmenter.model.sam_mask_decoder.register_forward_hook(uncount)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            masks = list(pool.map(lambda _: segmenter.segment(volume, (3.0, 0.8, 0.8), [LINE]),
+                                  range(2)))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert np.array_equal(masks[0][0], masks[1][0])
+    assert overlaps and max(overlaps) == 1  # never two propagations inside the model at once
+    assert len(segmenter.last_propagations) == 1
+
+
 def test_segmenter_rejects_a_prompt_outside_the_volume(segmenter, volume) -> None:
     bad = Prompt(PromptKind.POINT, 12, np.array([[3.0, 3.0]]), "p-9")
     with pytest.raises(ValueError, match="slice 12 outside"):

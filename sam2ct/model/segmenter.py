@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -41,7 +42,8 @@ def _sam2_version() -> str:
 class SAM2CTSegmenter:
     """SAM2CT: arrow/line/box/point prompt on one slice -> 3D mask on the native grid.
 
-    Load once per worker with ``from_checkpoint`` and reuse across series.
+    Load once per worker with ``from_checkpoint`` and reuse across series. Calls from several
+    threads take turns: the CUDA graphs kept with the model have one set of buffers.
 
     Example
     -------
@@ -59,6 +61,7 @@ class SAM2CTSegmenter:
         self.checkpoint_sha256 = report.sha256 if report else None
         self.version = f"{MODEL_VERSION} (sam2 {_sam2_version()})"
         self.last_propagations: list[Propagation] = []
+        self._lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str | None = None,
@@ -84,8 +87,9 @@ class SAM2CTSegmenter:
         volume = np.asarray(volume, dtype=np.float32)
         if volume.ndim != 3:
             raise ValueError(f"Invalid 'volume' shape {volume.shape} - expected (slices, rows, cols)")
-        self.last_propagations = []
-        return [self._segment_one(volume, prompt) for prompt in prompts]
+        with self._lock:
+            self.last_propagations = []
+            return [self._segment_one(volume, prompt) for prompt in prompts]
 
     def _segment_one(self, volume: np.ndarray, prompt: Prompt) -> np.ndarray:
         if not 0 <= prompt.slice_index < volume.shape[0]:
