@@ -36,7 +36,7 @@ lint: setup
 	$(VENV)/bin/ruff check flows sam2ct dicom_io db tests bench
 
 test: setup lint
-	$(VENV)/bin/pytest -q -rs
+	$(VENV)/bin/pytest -q -rs --durations=15
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

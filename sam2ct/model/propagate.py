@@ -263,7 +263,9 @@ def propagate(model: SAM2Base, volume: np.ndarray, coords: np.ndarray, labels: n
     lesion does. Each direction has its own non-conditioning memories and shares only the prompt
     memory, exactly as "clear, then propagate the other way"; the two run in lockstep as one
     batch of two, which halves the sequential steps. ``lookahead`` (default ``looks_ahead``)
-    checks each step's mask after launching the next; the result is the same. Call under
+    checks each step's mask after launching the next: the same computation (a slice launched
+    past a stop is dropped), though the step after one direction stops then runs the other in a
+    batch of two instead of one, so its values can differ in floating-point rounding. Call under
     ``torch.inference_mode``.
     """
     device = next(model.parameters()).device
