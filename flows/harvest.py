@@ -1,7 +1,8 @@
 """The nightly harvest and the backfill: the business process, step by step.
 
 discover GSPS -> retrieve them -> parse -> retrieve the referenced CT series -> segment -> write
-SEG (-> optional C-STORE back) -> catalog -> run summary.
+SEG (-> optional C-STORE back) -> catalog -> run summary. Each series is segmented as soon as it
+arrived, while the next ones are still being retrieved.
 
 The catalog is the source of truth: a GSPS already catalogued is skipped, a failure is recorded
 with its stage and retried by the next run (and marked resolved when the retry works). Every write
@@ -20,9 +21,11 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 from prefect import flow
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from sqlalchemy import Engine, select
 
@@ -33,12 +36,14 @@ from db.records import FailureRecord, HarvestRunRecord, RunStatus, Stage
 from dicom_io.pacs import InstanceMatch, PacsError
 from flows.artifacts import Progress, RunSummary, publish_summary
 from flows.options import HarvestOptions, resolve_window, window_bounds
-from flows.segment_flow import SeriesJob, SeriesOutcome, catalog_engine, segment_batch
+from flows.segment_flow import SeriesJob, SeriesOutcome, catalog_engine, segment_one
 from flows.settings import Settings
 from flows.tasks import (
     GspsTarget,
+    PacsSlots,
     discover,
     ensure_pacs_limits,
+    pacs_slots,
     parse_target,
     retrieve_gsps,
     retrieve_series,
@@ -118,36 +123,50 @@ def harvest_window(opts: HarvestOptions, start: dt.date, end: dt.date) -> RunSum
     return run.summary
 
 
-def _stages(run: _Run, start: dt.date, end: dt.date) -> None:
-    opts, s = run.opts, run.summary
+@contextmanager
+def _timed(run: _Run, stage: str) -> Iterator[None]:
+    """Add the seconds the flow spends in this block to ``stage`` of the run summary."""
     t0 = time.perf_counter()
     try:
-        found = discover(opts, start, end)
+        yield
+    finally:
+        run.summary.seconds[stage] += time.perf_counter() - t0
+
+
+def _stages(run: _Run, start: dt.date, end: dt.date) -> None:
+    """The process; each CT series is segmented as soon as it arrived, while the next ones are
+    being retrieved, and the PACS slots are held from the first query to the last retrieval."""
+    opts, s = run.opts, run.summary
+    with pacs_slots(opts) as slots:
+        with _timed(run, "retrieve"):
+            todo = _discover(run, start, end)
+            staged = _retrieve_gsps(run, todo)
+        with _timed(run, "parse"):
+            jobs = _jobs(run, staged)
+        run.progress.set(30.0, f"{s.retrieved_gsps} GSPS retrieved, {len(jobs)} series referenced")
+        for outcome in _segment(run, _retrieve_series(run, jobs, slots), len(jobs)):
+            _count(run, outcome)
+    _hold_shared(run)
+    if opts.store_back and s.seg_paths:
+        _store(run)
+
+
+def _discover(run: _Run, start: dt.date, end: dt.date) -> list[InstanceMatch]:
+    """The window's GSPS not yet catalogued (or held back by a failed series)."""
+    s, window = run.summary, f"window {start}..{end}"
+    try:
+        found = discover(run.opts, start, end)
     except ITEM_ERRORS as exc:
-        run.fail(Stage.DISCOVER, f"window {start}..{end}", exc)
+        run.fail(Stage.DISCOVER, window, exc)
         raise
-    run.resolve(Stage.DISCOVER, f"window {start}..{end}")
+    run.resolve(Stage.DISCOVER, window)
     s.found = len(found)
     done = recorded_presentation_states(run.engine, [g.sop_instance_uid for g in found])
     done -= held_back(run.engine, done)
     todo = [g for g in found if g.sop_instance_uid not in done]
     s.already_done = s.found - len(todo)
     run.progress.set(10.0, f"{s.found} GSPS found, {len(todo)} to do")
-    staged = _retrieve_gsps(run, todo)
-    s.seconds["retrieve"] += time.perf_counter() - t0
-    t1 = time.perf_counter()
-    jobs = _jobs(run, staged)
-    s.seconds["parse"] += time.perf_counter() - t1
-    run.progress.set(30.0, f"{s.retrieved_gsps} GSPS retrieved, {len(jobs)} series referenced")
-    t2 = time.perf_counter()
-    jobs = _retrieve_series(run, jobs)
-    s.seconds["retrieve"] += time.perf_counter() - t2
-    run.progress.set(60.0, f"{s.retrieved_series} series retrieved")
-    for outcome in _segment(run, jobs):
-        _count(run, outcome)
-    _hold_shared(run)
-    if opts.store_back and s.seg_paths:
-        _store(run)
+    return todo
 
 
 def _retrieve_gsps(run: _Run, todo: list[InstanceMatch]) -> list[str]:
@@ -194,22 +213,32 @@ def _jobs(run: _Run, gsps_paths: list[str]) -> list[SeriesJob]:
             for (study, series), files in sorted(by_series.items())]
 
 
-def _retrieve_series(run: _Run, jobs: list[SeriesJob]) -> list[SeriesJob]:
-    """Retrieve every referenced CT series in parallel (within the PACS limit)."""
+def _retrieve_series(run: _Run, jobs: list[SeriesJob], slots: PacsSlots) -> Iterator[SeriesJob]:
+    """Retrieve every referenced CT series in parallel (within the PACS limit); yield each job,
+    in order, once its series arrived. The seconds waited count as the retrieve stage; the
+    slots are given back when the last series arrived, before it is segmented."""
     futures = [(job, retrieve_series.submit(run.opts, job.study_instance_uid,
                                             job.series_instance_uid)) for job in jobs]
-    ready = []
-    for job, future in futures:
-        try:
-            folder = future.result()
-        except ITEM_ERRORS as exc:
-            run.fail(Stage.RETRIEVE, job.series_instance_uid, exc)
-            run.failed_series[job.series_instance_uid] = Stage.RETRIEVE.value
-            continue
-        run.resolve(Stage.RETRIEVE, job.series_instance_uid)
-        ready.append(job.model_copy(update={"series_dir": folder}))
-    run.summary.retrieved_series = len(ready)
-    return ready
+    for n, (job, future) in enumerate(futures, start=1):
+        with _timed(run, "retrieve"):
+            folder = _arrived(run, job, future)
+        if n == len(futures):
+            slots.close()
+        if folder is not None:
+            yield job.model_copy(update={"series_dir": folder})
+
+
+def _arrived(run: _Run, job: SeriesJob, future: PrefectFuture[str]) -> str | None:
+    """The staged folder of one retrieved series, or None (its failure recorded)."""
+    try:
+        folder = future.result()
+    except ITEM_ERRORS as exc:
+        run.fail(Stage.RETRIEVE, job.series_instance_uid, exc)
+        run.failed_series[job.series_instance_uid] = Stage.RETRIEVE.value
+        return None
+    run.resolve(Stage.RETRIEVE, job.series_instance_uid)
+    run.summary.retrieved_series += 1
+    return folder
 
 
 def _batches(jobs: list[SeriesJob], size: int) -> Iterator[list[SeriesJob]]:
@@ -217,21 +246,36 @@ def _batches(jobs: list[SeriesJob], size: int) -> Iterator[list[SeriesJob]]:
         yield jobs[i:i + size]
 
 
-def _segment(run: _Run, jobs: list[SeriesJob]) -> Iterator[SeriesOutcome]:
-    """Segment in batches: on the GPU pool's deployment when configured, else in-process."""
+def _segment(run: _Run, ready: Iterator[SeriesJob], total: int) -> Iterator[SeriesOutcome]:
+    """Segment each series as it arrives, here in the flow (one series at a time: the model is
+    loaded once); or, when a GPU pool is configured, in batches on its deployment."""
     opts = run.opts
+    if opts.segment_deployment:
+        yield from _segment_on_pool(run, list(ready))
+        return
     done = 0
+    for job in ready:
+        yield segment_one(job, opts.catalog, str(opts.output_dir), opts.model, opts.device,
+                          run.run_id)
+        done += 1
+        if done % opts.batch_size == 0:
+            _segmented(run, done, total)
+
+
+def _segmented(run: _Run, done: int, total: int) -> None:
+    run.progress.set(30.0 + 65.0 * done / max(1, total), f"{done}/{total} series segmented")
+
+
+def _segment_on_pool(run: _Run, jobs: list[SeriesJob]) -> Iterator[SeriesOutcome]:
+    """Segment in batches on the GPU pool's deployment, after every series arrived."""
+    opts, done = run.opts, 0
     for batch in _batches(jobs, opts.batch_size):
         params = {"series": batch, "catalog_url": opts.catalog_url,
                   "output_dir": str(opts.output_dir), "model": opts.model,
                   "device": opts.device, "run_id": run.run_id}
-        if opts.segment_deployment:
-            yield from _segment_remote(run, batch, params)
-        else:
-            yield from segment_batch(**params)
+        yield from _segment_remote(run, batch, params)
         done += len(batch)
-        run.progress.set(60.0 + 35.0 * done / max(1, len(jobs)),
-                         f"{done}/{len(jobs)} series segmented")
+        _segmented(run, done, len(jobs))
 
 
 def _segment_remote(run: _Run, batch: list[SeriesJob], params: dict) -> list[SeriesOutcome]:

@@ -1,9 +1,10 @@
 """The ``segment`` deployment: segment batches of retrieved series and catalog the results.
 
-Runs on the GPU work pool (called with ``run_deployment`` by the harvest) or in-process as a
-subflow when no pool is configured. The model is loaded once per worker process and reused by
-every series of every batch; each series is one task that loads its volume from disk, so no
-array ever crosses a task boundary.
+Runs on the GPU work pool (called with ``run_deployment`` by the harvest). Without a pool the
+harvest calls :func:`segment_one` itself, in its own flow, as each series arrives (a subflow
+would cost a flow run's start and end for nothing). The model is loaded once per process and
+reused by every series; each series is one task that loads its volume from disk, so no array
+ever crosses a task boundary.
 
 Example
 -------

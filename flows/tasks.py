@@ -2,7 +2,8 @@
 
 Network tasks retry with exponential back-off and jitter, and hold one slot of the PACS's global
 concurrency limit (``pacs:<AET>``, strict) after passing its rate limit (``pacs-rate:<AET>``), so
-every worker of every flow together keeps within what the PACS allows.
+every worker of every flow together keeps within what the PACS allows. A flow that runs many of
+them takes its slots once (:class:`PacsSlots`) and its tasks share them.
 
 Example
 -------
@@ -94,24 +95,104 @@ def ensure_pacs_limits(options: HarvestOptions) -> None:
 _SLOT_REQUESTS = threading.Lock()
 
 
-@contextmanager
-def pacs_slot(options: HarvestOptions) -> Iterator[None]:
-    """Hold one of the PACS's association slots (strict: the limit must exist) after its rate."""
-    slots, rate = limit_names(options.pacs_aet)
-    with ExitStack() as held:
+class PacsSlots:
+    """``count`` of the PACS's association slots, held by this process for a while.
+
+    One request to the Prefect server takes them all (and one rate-limit token) and one gives
+    them back, instead of two per task: a SQLite-backed server (Prefect's default) often answers
+    a slot request that meets its writes of task states 503 (SQLITE_BUSY), and the client then
+    backs off ~2 s. While held, :func:`pacs_slot` hands them out here, so this process still
+    opens at most ``count`` associations at once, and dicom_io's gate spaces their openings by
+    the PACS's rate. ``count`` is at most ``max_associations``, the limit ``ensure_pacs_limits``
+    sets.
+    """
+
+    def __init__(self, options: HarvestOptions, count: int) -> None:
+        self.aet = options.pacs_aet
+        self.count = max(1, min(count, options.max_associations))
+        self._options = options
+        self._local = threading.BoundedSemaphore(self.count)
+        self._server = ExitStack()
+        self.open = False
+
+    def __enter__(self) -> PacsSlots:
+        slots, rate = limit_names(self.aet)
         with _SLOT_REQUESTS:
             rate_limit(rate, strict=True)
-            held.enter_context(concurrency(slots, occupy=1, strict=True,
-                                           lease_duration=options.lease_seconds))
+            self._server.enter_context(concurrency(
+                slots, occupy=self.count, strict=True,
+                lease_duration=self._options.lease_seconds))
+        with _HOLDS_LOCK:
+            _HOLDS[self.aet] = self
+            self.open = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Give the slots back once the associations using them ended (idempotent)."""
+        with _HOLDS_LOCK:
+            if not self.open:
+                return
+            self.open = False
+            if _HOLDS.get(self.aet) is self:
+                del _HOLDS[self.aet]
+        for _ in range(self.count):  # wait for the local holders
+            self._local.acquire()
+        try:
+            self._server.close()
+        finally:
+            for _ in range(self.count):  # late comers see it closed and ask the server
+                self._local.release()
+
+    @contextmanager
+    def one(self) -> Iterator[bool]:
+        """One of the held slots; yields False once they were given back (ask the server)."""
+        with self._local:
+            yield self.open
+
+
+_HOLDS: dict[str, PacsSlots] = {}  # PACS AE title -> the slots this process holds for it
+_HOLDS_LOCK = threading.Lock()
+
+
+def pacs_slots(options: HarvestOptions, count: int | None = None) -> PacsSlots:
+    """Context manager: hold ``count`` (default: all) of the PACS's slots for a stage."""
+    return PacsSlots(options, options.max_associations if count is None else count)
+
+
+@contextmanager
+def pacs_slot(options: HarvestOptions) -> Iterator[None]:
+    """Hold one of the PACS's association slots (strict: the limit must exist) after its rate:
+    one of those this process holds (:class:`PacsSlots`), else one asked of the server."""
+    with _HOLDS_LOCK:
+        held = _HOLDS.get(options.pacs_aet)
+    if held is not None:
+        with held.one() as ok:
+            if ok:
+                yield
+                return
+    slots, rate = limit_names(options.pacs_aet)
+    with ExitStack() as stack:
+        with _SLOT_REQUESTS:
+            rate_limit(rate, strict=True)
+            stack.enter_context(concurrency(slots, occupy=1, strict=True,
+                                            lease_duration=options.lease_seconds))
         yield
 
 
 class _SharedScp:
-    """One storage SCP per port and process, shared by concurrent C-MOVE retrievals."""
+    """One storage SCP per port and process, shared by concurrent C-MOVE retrievals.
+
+    The last user's exit stops it in the background (pynetdicom's server takes up to its 0.5 s
+    poll interval to stop); the next start on that port waits for that stop first.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: dict[int, list] = {}  # port -> [scp, users]
+        self._stopping: dict[int, threading.Thread] = {}
 
     @contextmanager
     def use(self, options: HarvestOptions) -> Iterator[StorageSCP | None]:
@@ -122,6 +203,9 @@ class _SharedScp:
         with self._lock:
             entry = self._open.get(port)
             if entry is None:
+                stopping = self._stopping.pop(port, None)
+                if stopping is not None:
+                    stopping.join()
                 scp = StorageSCP(options.local_ae(), options.staging_dir,
                                  extra_callers=[options.pacs_aet]).start()
                 entry = self._open[port] = [scp, 0]
@@ -132,8 +216,10 @@ class _SharedScp:
             with self._lock:
                 entry[1] -= 1
                 if entry[1] == 0:
-                    entry[0].stop()
                     del self._open[port]
+                    stop = threading.Thread(target=entry[0].stop, name=f"scp-stop-{port}")
+                    stop.start()
+                    self._stopping[port] = stop
 
 
 _SCP = _SharedScp()
@@ -194,9 +280,11 @@ class GspsTarget:
         return self.series_instance_uids[0]
 
 
-@task(name="parse-gsps", cache_policy=NO_CACHE)
 def parse_target(gsps_path: str) -> GspsTarget:
-    """Read the GSPS header: the CT series it is drawn on. Raises DicomInputError."""
+    """Read the GSPS header: the CT series it is drawn on. Raises DicomInputError.
+
+    A plain function, not a task: reading one header takes milliseconds, a task run more.
+    """
     name = Path(gsps_path).name
     try:
         ds = pydicom.dcmread(gsps_path, stop_before_pixels=True)

@@ -312,6 +312,54 @@ def test_peak_associations_counts_overlaps_from_orthanc_log_lines():
     assert peak_associations(log, "OTHER") == 1
 
 
+def test_held_pacs_slots_are_taken_once_and_shared_by_this_process(harness, tmp_path):
+    """A flow's held slots cost the server one request, cap this process's associations at what
+    is held, and go back to the server on close; outside a hold each slot comes from the
+    server."""
+    import threading
+
+    from prefect.client.orchestration import get_client
+
+    from flows.options import HarvestOptions
+    from flows.tasks import ensure_pacs_limits, limit_names, pacs_slot, pacs_slots
+
+    opts = HarvestOptions(pacs="HOLDTEST@127.0.0.1:1", catalog_url="sqlite://",
+                          staging_dir=tmp_path, output_dir=tmp_path, max_associations=2)
+    ensure_pacs_limits(opts)
+
+    def active() -> int:
+        with get_client(sync_client=True) as client:
+            return client.read_global_concurrency_limit_by_name(
+                limit_names("HOLDTEST")[0]).active_slots
+
+    lock, now, peak, seen = threading.Lock(), [0], [0], []
+
+    def associate() -> None:
+        with pacs_slot(opts):
+            with lock:
+                now[0] += 1
+                peak[0] = max(peak[0], now[0])
+            time.sleep(0.3)
+            with lock:
+                now[0] -= 1
+
+    with pacs_slots(opts, 1) as slots:  # one of the limit's two: the other stays free
+        threads = [threading.Thread(target=associate) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        seen.append(active())
+        for t in threads:
+            t.join(60)
+        assert slots.open and active() == 1
+    assert seen == [1], "a thread took a slot of the server while this process held one"
+    assert peak[0] == 1
+    assert active() == 0
+    with pacs_slot(opts):
+        assert active() == 1
+    assert active() == 0
+
+
 # --- a GSPS drawn on two series; the segment deployment on a real worker; the export flow ------
 
 @pytest.fixture(scope="module")
