@@ -20,7 +20,6 @@ from pydicom.errors import InvalidDicomError
 from skimage.draw import polygon
 
 from dicom_io.errors import DicomInputError
-from dicom_io.nifti import read_nifti
 from dicom_io.volume import Volume
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -156,6 +155,8 @@ def _segment_number(seg, roi: str | None, path: Path | str) -> int:
 
 def read_nifti_truth(path: Path, volume: Volume, roi: str | None = None) -> np.ndarray:
     """A NIfTI label on exactly the volume's grid (same shape, affine within 0.01 mm)."""
+    from dicom_io.nifti import read_nifti  # SimpleITK, needed for NIfTI truth only
+
     array, affine = read_nifti(path)
     if array.shape != volume.array.shape:
         raise ValueError(
