@@ -2,7 +2,8 @@
 # Prepared GPU check for SAM2CT (under 8 minutes on one H100): 100 training steps on synthetic
 # data, then inference on a LUNG1 series; prints slices/s and peak GPU memory.
 #   usage: bench/gpu_check.sh LUNG1_CASE_DIR [--steps N] [--device D] [--image-size PX] ...
-#   e.g.   bench/gpu_check.sh data/lung1/LUNG1-001            (on the GPU machine)
+#   e.g.   bench/gpu_check.sh data/lung1/LUNG1-001            (on the GPU machine; bench/gpu_bundle.sh
+#          packs what to carry there)
 #          bench/gpu_check.sh /work/shared/data/lung1/LUNG1-001 --steps 2 --device cpu --image-size 64
 # Installs nothing: torch, sam2 (+hydra-core, omegaconf, iopath), numpy, scipy, scikit-image and
 # pydicom must be importable (e.g. PYTHONPATH pointing at carried packages).
