@@ -6,6 +6,7 @@ missing instances only.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -190,3 +191,20 @@ def test_associations_must_be_positive(local, tmp_path) -> None:
     with pytest.raises(ValueError, match="'associations'"):
         retrieve(PacsSettings("ORTHANC", "127.0.0.1", 104), local, tmp_path, "1.2.3",
                  expected=[], associations=0)
+
+
+def test_worker_processes_log_through_this_process(caplog) -> None:
+    """A worker's warning reaches the parent's handlers; records below the parent's level don't."""
+    import logging
+
+    from dicom_io.pacs.parallel import worker_pool
+
+    caplog.set_level(logging.WARNING, logger="dicom_io")
+    worker_log = logging.getLogger("dicom_io.pacs.worker-test")
+    with worker_pool(1) as workers:
+        workers.submit(worker_log.debug, "not wanted").result()
+        pid = workers.submit(os.getpid).result()
+        workers.submit(worker_log.warning, "from worker %s", pid).result()
+    records = [r for r in caplog.records if r.name == "dicom_io.pacs.worker-test"]
+    assert [r.getMessage() for r in records] == [f"from worker {pid}"]
+    assert pid != os.getpid() and records[0].process == pid

@@ -10,7 +10,8 @@ way to share its listening port between processes (``SO_REUSEPORT``).
 
 The cap still holds, whichever process opens the association: a part that runs in a worker
 process runs while the thread that waits for it holds a slot of the PACS's :class:`Gate`, and the
-worker returns only after its association's socket is closed (``open_association``).
+worker returns only after its association's socket is closed (``open_association``). What the
+workers log reaches this process's loggers (and whatever handlers the caller set up).
 
 Example
 -------
@@ -20,10 +21,13 @@ Example
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from logging.handlers import QueueHandler, QueueListener
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -43,16 +47,48 @@ def run_size(count: int, associations: int, minimum: int) -> int:
     return max(minimum, math.ceil(count / max(1, associations)))
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
+class _ToOwnLogger(logging.Handler):
+    """Hands a worker's record to the logger of the same name in this process."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+
+
+def _log_to(queue: multiprocessing.Queue, levels: dict[str, int]) -> None:
+    """Worker start: every record goes to ``queue``, at the levels the parent's loggers use."""
+    root = logging.getLogger()
+    root.handlers[:] = [QueueHandler(queue)]
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
+
+
+def _levels() -> dict[str, int]:
+    return {name: logging.getLogger(name or None).getEffectiveLevel()
+            for name in ("", "dicom_io", "pynetdicom")}
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """Worker processes forked from the forkserver, which has our retrieval code imported.
 
     Forkserver rather than fork: the caller has threads (pynetdicom's, our storage SCP's) that a
     plain fork would copy in whatever state they are; rather than spawn: no fresh interpreter
-    and imports (~1 s) per worker.
+    and imports (~1 s) per worker. Their log records come back through a queue.
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["dicom_io.pacs.retrieve"])
-    return ProcessPoolExecutor(workers, mp_context=context)
+    queue = context.Queue()
+    listener = QueueListener(queue, _ToOwnLogger())
+    listener.start()
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_log_to,
+                                 initargs=(queue, _levels())) as pool:
+            yield pool
+    finally:
+        listener.stop()
+        queue.close()
 
 
 def side_by_side(job: Callable[[T], R], parts: Iterable[T], concurrency: int) -> list[R]:
