@@ -182,6 +182,24 @@ def test_failed_part_is_retried_for_its_missing_instances_only(big_orthanc, seri
     _assert_staged_identical(tmp_path, _ct_only(series_study))
 
 
+def test_cut_move_part_still_ends_complete_and_identical(big_orthanc, series_study, local,
+                                                        tmp_path) -> None:
+    """C-MOVE: the part's request association dies after a few pending responses; whatever the
+    PACS still pushes and the retry of what was missing add up to the whole series, intact."""
+    expected = find_instances(PacsSettings.parse(big_orthanc.address), local,
+                              series_study.study_uid, series_study.ct_series_uid)
+    relay = Relay(big_orthanc.dicom_port, cut=1, after=1500)  # association set-up + a few C-MOVE-RSP
+    try:
+        report = retrieve(_through(relay), local, tmp_path, series_study.study_uid,
+                          series_study.ct_series_uid, method="move", expected=expected,
+                          associations=2)
+    finally:
+        relay.close()
+    assert report.complete and report.received == len(expected) and report.attempts == 2
+    assert len(report.errors) == 1 and report.failed == 0 and report.unexpected == 0
+    _assert_staged_identical(tmp_path, _ct_only(series_study))
+
+
 def _ct_only(study):
     return type(study)(study.study_uid, study.study_date, study.ct_series_uid, study.ct_files,
                        (), ())
