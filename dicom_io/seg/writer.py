@@ -20,9 +20,15 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.charset import default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr, write_sequence
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import generate_uid
 
 from dicom_io.errors import DicomInputError
@@ -255,19 +261,56 @@ def _reference_series(seg: hd.seg.Segmentation, headers: list[Dataset]) -> None:
     """Reference every image of the source series, as highdicom does for the images it is given.
 
     Source Image Sequence and the Common Instance Reference list the whole series the masks
-    were segmented on, not only the slices the frames lie on.
+    were segmented on, not only the slices the frames lie on. Both lists are the same for every
+    SEG of a series (one per GSPS): they are encoded once per series and written as raw
+    elements, which pydicom copies as they are. Encoding them again per SEG, an item and two
+    UIDs at a time, was half the cost of a SEG on a long series.
     """
+    images = tuple((str(h.SOPClassUID), str(h.SOPInstanceUID)) for h in headers)
+    series_uid = str(headers[0].SeriesInstanceUID)
+    syntax = seg.file_meta.TransferSyntaxUID
+    if syntax.is_implicit_VR or not syntax.is_little_endian:  # raw bytes are explicit VR LE
+        source, series = _references(series_uid, images)
+        seg.SourceImageSequence, seg.ReferencedSeriesSequence = source, series
+        return
+    # what pydicom's writer does first, done here before the raw elements go in (it would
+    # decode them to look for ambiguous VRs): then mark the dataset as being in the encoding
+    # it is written in, so pydicom writes the raw elements as they are
+    correct_ambiguous_vr(seg, True)
+    for raw in _encoded_references(series_uid, images):
+        seg[raw.tag] = raw
+    seg.set_original_encoding(False, True, seg._character_set)
+
+
+def _references(series_uid: str, images: tuple[tuple[str, str], ...]) -> tuple[list, list]:
+    """Source Image Sequence items and the Referenced Series Sequence of ``images``."""
     refs = []
-    for header in headers:
+    for class_uid, instance_uid in images:
         ref = Dataset()
-        ref.ReferencedSOPClassUID = header.SOPClassUID
-        ref.ReferencedSOPInstanceUID = header.SOPInstanceUID
+        ref.ReferencedSOPClassUID = class_uid
+        ref.ReferencedSOPInstanceUID = instance_uid
         refs.append(ref)
     series = Dataset()
-    series.SeriesInstanceUID = headers[0].SeriesInstanceUID
+    series.SeriesInstanceUID = series_uid
     series.ReferencedInstanceSequence = refs
-    seg.SourceImageSequence = refs
-    seg.ReferencedSeriesSequence = [series]
+    return refs, [series]
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded_references(series_uid: str,
+                        images: tuple[tuple[str, str], ...]) -> tuple[RawDataElement, ...]:
+    """The two reference sequences encoded by pydicom (explicit VR little endian), once."""
+    source, series = _references(series_uid, images)
+    return (_raw_sequence(Tag("SourceImageSequence"), source),
+            _raw_sequence(Tag("ReferencedSeriesSequence"), series))
+
+
+def _raw_sequence(tag: BaseTag, items: list[Dataset]) -> RawDataElement:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_sequence(buffer, DataElement(tag, "SQ", DicomSequence(items)), [default_encoding])
+    value = buffer.getvalue()
+    return RawDataElement(tag, "SQ", len(value), value, 0, False, True)
 
 
 def _description(
