@@ -6,16 +6,19 @@ per stage (retrieve, parse, segment, SEG write, catalog), the pipeline's own ove
 ratio of the harvest's wall time to a peer measured in the same run: the same segmentation done
 by a plain loop over the local files (no PACS, no Prefect, no catalog).
 
-Overhead = wall - transfer - model. Model is the segmenter's calls only. Transfer is measured by a
+Overhead = wall - transfer - model. Model is the wall time of the segmenter's calls only (with
+several segment workers, the time in which at least one of them ran a model call). Transfer is measured by a
 second peer after the harvest, against the same PACS: the same C-FINDs and C-MOVEs (GSPS series,
 then CT series, as many associations at once as the harvest may use) with no Prefect, no slots and
 no catalog. The flow segments each CT series as soon as it arrived, while later ones are still
 being retrieved, so part of the transfer can hide behind segmentation; the retrieve stage is the
 time the flow waited on the PACS. A second figure therefore counts that whole wait as transfer
 (wall - retrieve stage - model): the pipeline's own work on the critical path, hidden transfer or
-not. Both are printed, with the load average before and after.
+not. Both are printed, with the load average before and after and how busy the machine's
+cores were during the harvest (every process: ours, Orthanc, Prefect's server).
 
-    .venv/bin/python bench/bench_pipeline.py [--studies 2] [--size 512] [--slices N] [--json PATH]
+    .venv/bin/python bench/bench_pipeline.py [--studies 2] [--size 512] [--slices N]
+        [--segment-workers N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_busy_seconds() -> float:
+    """Core-seconds this machine has spent busy since boot (all processes, from /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def warm_up_api() -> float:
@@ -99,6 +109,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=None)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--model", default="classical")
+    ap.add_argument("--segment-workers", type=int, default=None,
+                    help="segment worker processes (default: the flow's default; 0: in-process)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     load_before = os.getloadavg()
@@ -125,12 +137,13 @@ def main() -> None:
         opts = HarvestOptions(pacs=peer.address, store_port=store_port,
                               catalog_url=f"sqlite:///{work / 'catalog.sqlite'}",
                               staging_dir=work / "staging", output_dir=work / "seg",
-                              model=args.model)
+                              model=args.model, segment_workers=args.segment_workers)
         with prefect_test_harness(server_startup_timeout=180):
             first_call = warm_up_api()
-            t0 = time.perf_counter()
+            t0, busy0 = time.perf_counter(), cpu_busy_seconds()
             summary = nightly_harvest(dates[0], dates[-1], opts)
             wall = time.perf_counter() - t0
+            busy = cpu_busy_seconds() - busy0
         transfer = transfer_peer(opts, dates[0], dates[-1],
                                  [(s["study_instance_uid"], s["series_instance_uid"])
                                   for s in manifest["studies"]])
@@ -138,6 +151,10 @@ def main() -> None:
         peer.stop()
     direct = direct_peer(root, manifest, args.model)
     figures = report(summary, wall, transfer, direct, args)
+    cores = os.cpu_count() or 1
+    print(f"CPU busy during the harvest: {busy:.1f} core-s = {100 * busy / (cores * wall):.0f} % "
+          f"of {cores} cores x wall (every process: ours, Orthanc, Prefect's server)")
+    figures["cpu_busy_core_s"] = round(busy, 2)
     print(f"(before the clock: the fresh Prefect server's first API call took {first_call:.2f} s; "
           "the product's server runs all along)")
     print(f"load average (1, 5, 15 min) before {_load(load_before)}, after "
@@ -174,7 +191,10 @@ def report(summary: dict, wall: float, transfer: float, direct: float,
           f"{100 * transfer / wall:.1f} %; the flow waited {waited:.2f} s on the PACS "
           f"({max(0.0, waited - transfer):.2f} s more than the transfer: Prefect tasks and PACS "
           f"slots; {max(0.0, transfer - waited):.2f} s less: transfer hidden behind segmenting)")
-    model = stages["segment"]
+    model = summary["model_busy_s"]  # the union of the workers' model calls
+    if model < stages["segment"] - 0.01:
+        print(f"model calls ran side by side on several workers: {stages['segment']:.2f} s in "
+              f"all, {model:.2f} s of wall time with at least one running")
     overhead = wall - transfer - model
     own = wall - waited - model
     print(f"pipeline overhead (wall - transfer - model): {overhead:.1f} s = "
@@ -185,7 +205,7 @@ def report(summary: dict, wall: float, transfer: float, direct: float,
     return {"studies": args.studies, "wall_s": round(wall, 3), "transfer_s": round(transfer, 3),
             "direct_s": round(direct, 3), "stages_s": {k: round(v, 3) for k, v in stages.items()},
             "orchestration_s": round(other, 3), "overhead_pct": round(100 * overhead / wall, 1),
-            "own_work_pct": round(100 * own / wall, 1),
+            "own_work_pct": round(100 * own / wall, 1), "model_wall_s": round(model, 3),
             "studies_per_hour": round(3600 * args.studies / wall)}
 
 

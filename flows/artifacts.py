@@ -43,6 +43,8 @@ class RunSummary:
     seg_paths: list[str] = field(default_factory=list)
     previews: list[str] = field(default_factory=list)
     warning: str | None = None
+    #: (start, end) of every model call (several at once with several segment workers)
+    model_spans: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -64,11 +66,23 @@ class RunSummary:
                  for stage, n in sorted(self.failed_by_stage.items())]
         return rows
 
+    @property
+    def model_busy_seconds(self) -> float:
+        """Wall-clock seconds in which at least one model call ran (the union of the spans)."""
+        busy, reach = 0.0, float("-inf")
+        for start, end in sorted(self.model_spans):
+            if end > reach:
+                busy += end - max(start, reach)
+                reach = end
+        return busy
+
     def to_json(self) -> dict:
         """A JSON-ready dict (what the flows return and the CLI prints)."""
         out = asdict(self)
+        del out["model_spans"]
         out["failed_by_stage"] = dict(self.failed_by_stage)
         out["seconds"] = {k: round(v, 3) for k, v in self.seconds.items()}
+        out["model_busy_s"] = round(self.model_busy_seconds, 3)
         out["failed"] = self.failed
         return out
 

@@ -2,7 +2,8 @@
 
 discover GSPS -> retrieve them -> parse -> retrieve the referenced CT series -> segment -> write
 SEG (-> optional C-STORE back) -> catalog -> run summary. Each series is segmented as soon as it
-arrived, while the next ones are still being retrieved.
+arrived, while the next ones are still being retrieved, in worker processes (several series at
+once, and off this process, where pynetdicom receives the transfers).
 
 The catalog is the source of truth: a GSPS already catalogued is skipped, a failure is recorded
 with its stage and retried by the next run (and marked resolved when the retry works). Every write
@@ -19,8 +20,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -37,6 +39,7 @@ from dicom_io.pacs import InstanceMatch, PacsError
 from flows.artifacts import Progress, RunSummary, publish_summary
 from flows.options import HarvestOptions, resolve_window, window_bounds
 from flows.segment_flow import SeriesJob, SeriesOutcome, catalog_engine, segment_one
+from flows.segment_jobs import SegmentWorkers, default_workers
 from flows.settings import Settings
 from flows.tasks import (
     GspsTarget,
@@ -144,8 +147,10 @@ def _stages(run: _Run, start: dt.date, end: dt.date) -> None:
         with _timed(run, "parse"):
             jobs = _jobs(run, staged)
         run.progress.set(30.0, f"{s.retrieved_gsps} GSPS retrieved, {len(jobs)} series referenced")
-        for outcome in _segment(run, _retrieve_series(run, jobs, slots), len(jobs)):
-            _count(run, outcome)
+        with segment_workers(opts, len(jobs)) as workers:
+            for outcome in _segment(run, _retrieve_series(run, jobs, slots), len(jobs),
+                                    workers):
+                _count(run, outcome)
     _hold_shared(run)
     if opts.store_back and s.seg_paths:
         _store(run)
@@ -246,20 +251,63 @@ def _batches(jobs: list[SeriesJob], size: int) -> Iterator[list[SeriesJob]]:
         yield jobs[i:i + size]
 
 
-def _segment(run: _Run, ready: Iterator[SeriesJob], total: int) -> Iterator[SeriesOutcome]:
-    """Segment each series as it arrives, here in the flow (one series at a time: the model is
-    loaded once); or, when a GPU pool is configured, in batches on its deployment."""
+@contextmanager
+def segment_workers(opts: HarvestOptions, jobs: int) -> Iterator[SegmentWorkers | None]:
+    """The worker processes that segment this run's ``jobs`` series (no more than there are
+    series); None when segmenting runs on the GPU pool, in this process, or there is nothing."""
+    size = opts.segment_workers
+    if size is None:
+        size = default_workers(opts.device)
+    if opts.segment_deployment or min(size, jobs) < 1:
+        yield None
+        return
+    with SegmentWorkers(min(size, jobs), opts.model, opts.device, opts.catalog) as workers:
+        yield workers
+
+
+def _segment(run: _Run, ready: Iterator[SeriesJob], total: int,
+             workers: SegmentWorkers | None) -> Iterator[SeriesOutcome]:
+    """Segment each series as it arrives: on the segment workers, several at once; without
+    them here in the flow, one at a time (the model loaded once); or, when a GPU pool is
+    configured, in batches on its deployment."""
     opts = run.opts
     if opts.segment_deployment:
         yield from _segment_on_pool(run, list(ready))
         return
-    done = 0
-    for job in ready:
-        yield segment_one(job, opts.catalog, str(opts.output_dir), opts.model, opts.device,
-                          run.run_id)
-        done += 1
+    params = {"catalog_url": opts.catalog, "output_dir": str(opts.output_dir),
+              "model": opts.model, "device": opts.device, "run_id": run.run_id}
+    outcomes = (_on_workers(run, ready, params, workers) if workers is not None
+                else (segment_one(job, **params) for job in ready))
+    for done, outcome in enumerate(outcomes, start=1):
+        yield outcome
         if done % opts.batch_size == 0:
             _segmented(run, done, total)
+
+
+def _on_workers(run: _Run, ready: Iterator[SeriesJob], params: dict,
+                workers: SegmentWorkers) -> Iterator[SeriesOutcome]:
+    """Submit a ``segment-series`` task as each series arrives, as many running as there are
+    workers (on a task runner of their own: none waits behind a retrieval); yield outcomes in
+    order, each as soon as it and those before it are done."""
+    pending: deque[tuple[SeriesJob, PrefectFuture[SeriesOutcome]]] = deque()
+    with ThreadPoolTaskRunner(max_workers=workers.size) as runner:
+        for job in ready:
+            pending.append((job, runner.submit(segment_one, {"job": job, **params,
+                                                             "workers": workers})))
+            while pending and pending[0][1].wrapped_future.done():
+                yield from _outcome(run, *pending.popleft())
+        while pending:
+            yield from _outcome(run, *pending.popleft())
+
+
+def _outcome(run: _Run, job: SeriesJob,
+             future: PrefectFuture[SeriesOutcome]) -> Iterator[SeriesOutcome]:
+    """The job's outcome; a worker process that died is the series' recorded failure."""
+    try:
+        yield future.result()
+    except BrokenProcessPool as exc:
+        run.fail(Stage.SEGMENT, job.series_instance_uid, exc)
+        run.failed_series[job.series_instance_uid] = Stage.SEGMENT.value
 
 
 def _segmented(run: _Run, done: int, total: int) -> None:
@@ -337,6 +385,7 @@ def _count(run: _Run, outcome: SeriesOutcome) -> None:
     s.skipped_annotations += outcome.skipped
     s.seg_paths += outcome.seg_paths
     s.previews += outcome.preview_paths
+    s.model_spans += outcome.model_spans
     s.warning = s.warning or outcome.warning
     for stage, seconds in outcome.seconds.items():
         s.seconds[stage] += seconds

@@ -44,6 +44,9 @@ class HarvestOptions(BaseModel):
     segment_deployment: str | None = Field(
         None, description="'segment-batch/segment' to run on the GPU pool; None: in-process")
     batch_size: int = Field(4, ge=1, le=256, description="series per segment batch")
+    segment_workers: int | None = Field(
+        None, ge=0, le=64, description="segment worker processes; 0: in the flow's process; "
+        "None: one per core (at most 4), one on a GPU")
     lease_seconds: float = Field(60.0, ge=60, le=3600, description="concurrency slot lease")
     harvest_window: str | None = Field(
         None, description="HH:MM-HH:MM local time the PACS may be used (may wrap midnight)")
@@ -75,6 +78,7 @@ class HarvestOptions(BaseModel):
             "output_dir": settings.data_dir / "seg", "model": settings.model,
             "device": settings.device, "harvest_window": settings.harvest_window,
             "segment_deployment": settings.segment_deployment,
+            "segment_workers": settings.segment_workers,
         }
         values.update(overrides)
         return cls(**values)

@@ -136,14 +136,21 @@ def algorithm_of(segmenter: Segmenter, warning: str | None) -> AlgorithmSpec:
 
 
 def segment_gsps(volume: Volume, parsed: ParsedGsps, segmenter: Segmenter,
-                 algorithm: AlgorithmSpec, out_dir: Path) -> list[SegmentResult]:
-    """Segment every usable annotation of one GSPS and write them as one SEG with previews."""
+                 algorithm: AlgorithmSpec, out_dir: Path,
+                 spans: list[tuple[float, float]] | None = None) -> list[SegmentResult]:
+    """Segment every usable annotation of one GSPS and write them as one SEG with previews.
+
+    ``spans`` gets the (start, end) wall-clock time (``time.time()``) of the model call.
+    """
     prompted, results = annotations_to_prompts(volume, parsed)
     if not prompted:
         return results
-    started = time.perf_counter()
+    started = time.time()
     masks = segmenter.segment(volume.array, volume.spacing, [p.prompt for p in prompted])
-    seconds = (time.perf_counter() - started) / len(prompted)
+    ended = time.time()
+    if spans is not None:
+        spans.append((started, ended))
+    seconds = (ended - started) / len(prompted)
     kept: list[tuple[PromptedAnnotation, np.ndarray, SegmentResult]] = []
     for item, mask in zip(prompted, masks, strict=True):
         ann = item.annotation

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     model: str = "auto"  # auto | classical | path to a SAM2CT checkpoint
     device: str | None = None  # cuda | mps | cpu; None picks the best available
     segment_deployment: str | None = None  # "segment-batch/segment": segment on the GPU pool
+    segment_workers: int | None = None  # worker processes; 0: in the flow; None: one per core
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,

@@ -422,7 +422,8 @@ def test_shared_gsps_harvested_per_series_then_exported(harness, orthanc, two_se
     from flows.harvest import nightly_harvest
 
     day, (_, second) = two_series["study_date"], two_series["series"]
-    opts = _options(tmp_path, orthanc, store_port, pg_url)
+    # segmenting in the flow's own process (the other harvest tests use worker processes)
+    opts = _options(tmp_path, orthanc, store_port, pg_url, segment_workers=0)
     # first run: series 2 cannot be loaded (a slice without pixel data lies in its staging)
     broken = _broken_slice(two_series, opts.staging_dir)
     summary = nightly_harvest(day, day, opts)

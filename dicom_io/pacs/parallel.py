@@ -21,14 +21,13 @@ Example
 
 from __future__ import annotations
 
-import logging
 import math
-import multiprocessing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
-from logging.handlers import QueueHandler, QueueListener
+from contextlib import AbstractContextManager
 from typing import TypeVar
+
+from dicom_io import processes
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,48 +46,11 @@ def run_size(count: int, associations: int, minimum: int) -> int:
     return max(minimum, math.ceil(count / max(1, associations)))
 
 
-class _ToOwnLogger(logging.Handler):
-    """Hands a worker's record to the logger of the same name in this process."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        logger = logging.getLogger(record.name)
-        if logger.isEnabledFor(record.levelno):
-            logger.handle(record)
-
-
-def _log_to(queue: multiprocessing.Queue, levels: dict[str, int]) -> None:
-    """Worker start: every record goes to ``queue``, at the levels the parent's loggers use."""
-    root = logging.getLogger()
-    root.handlers[:] = [QueueHandler(queue)]
-    for name, level in levels.items():
-        logging.getLogger(name or None).setLevel(level)
-
-
-def _levels() -> dict[str, int]:
-    return {name: logging.getLogger(name or None).getEffectiveLevel()
-            for name in ("", "dicom_io", "pynetdicom")}
-
-
-@contextmanager
-def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """Worker processes forked from the forkserver, which has our retrieval code imported.
-
-    Forkserver rather than fork: the caller has threads (pynetdicom's, our storage SCP's) that a
-    plain fork would copy in whatever state they are; rather than spawn: no fresh interpreter
-    and imports (~1 s) per worker. Their log records come back through a queue.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["dicom_io.pacs.retrieve"])
-    queue = context.Queue()
-    listener = QueueListener(queue, _ToOwnLogger())
-    listener.start()
-    try:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_log_to,
-                                 initargs=(queue, _levels())) as pool:
-            yield pool
-    finally:
-        listener.stop()
-        queue.close()
+def worker_pool(workers: int) -> AbstractContextManager[ProcessPoolExecutor]:
+    """Worker processes with our retrieval code imported (:func:`dicom_io.processes.worker_pool`);
+    what they log comes back to this process's ``dicom_io`` and ``pynetdicom`` loggers."""
+    return processes.worker_pool(workers, preload=["dicom_io.pacs.retrieve"],
+                                 loggers=("", "dicom_io", "pynetdicom"))
 
 
 def side_by_side(job: Callable[[T], R], parts: Iterable[T], concurrency: int) -> list[R]:

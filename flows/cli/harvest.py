@@ -44,6 +44,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(default: SAM2CT_HARVEST_WINDOW, none)")
     p.add_argument("--store-back", action="store_true", help="C-STORE the SEGs to the PACS")
     p.add_argument("--segment-deployment", help="run segmentation on this deployment (GPU pool)")
+    p.add_argument("--segment-workers", type=int, metavar="N",
+                   help="segment in N worker processes (0: in the flow's process; default: "
+                        "SAM2CT_SEGMENT_WORKERS, else one per core up to 4, one on a GPU)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
 
@@ -70,6 +73,7 @@ def options_from(args: argparse.Namespace):
                  "output_dir": args.out, "model": args.model,
                  "max_associations": args.max_associations,
                  "segment_deployment": args.segment_deployment,
+                 "segment_workers": args.segment_workers,
                  "harvest_window": args.harvest_window,
                  "store_back": args.store_back or None}
     return HarvestOptions.from_settings(Settings(), **{k: v for k, v in overrides.items()

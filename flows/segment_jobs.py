@@ -1,0 +1,250 @@
+"""Segment jobs: one CT series on disk and its GSPS -> SEGs, previews and catalog rows.
+
+What a job is (:class:`SeriesJob`), what it gave (:class:`SeriesOutcome`) and doing one
+(:func:`run_job`), in this process or in worker processes (:class:`SegmentWorkers`). Plain
+Python, no Prefect: the ``segment-series`` task wraps a job, and worker processes import this
+module in well under the seconds Prefect takes. A job reads its volume from disk and writes its
+results to disk and the catalog, so only UIDs, paths and counts cross a process boundary.
+
+Example
+-------
+>>> job = SeriesJob(study_instance_uid="1.2", series_instance_uid="1.2.3",
+...                 series_dir="staging/1.2/1.2.3", gsps_files=["pr.dcm"])
+>>> with SegmentWorkers(2, "classical", None) as workers:  # doctest: +SKIP
+...     outcome = workers.run(job, "sqlite:///c.sqlite", "seg")
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from threadpoolctl import threadpool_limits
+
+from db import Recorder, open_catalog
+from db.records import FailureRecord, Stage
+from dicom_io.errors import DicomInputError
+from dicom_io.processes import worker_pool
+from dicom_io.volume import load_series
+from flows.pipeline import ParsedGsps, algorithm_of, parse_gsps, segment_gsps
+from flows.recording import build_series_results
+from sam2ct.registry import Choice, choose_segmenter
+
+logger = logging.getLogger(__name__)
+
+
+class SeriesJob(BaseModel):
+    """One CT series on disk and the GSPS files drawn on it."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    series_dir: str
+    gsps_files: list[str] = Field(min_length=1)
+    #: GSPS file -> every series it is drawn on (first first), for GSPS drawn on several: this
+    #: job takes only the annotations on its own series (and, if first, those on none of them).
+    gsps_series: dict[str, list[str]] = Field(default_factory=dict)
+
+    def own_annotations(self, parsed: ParsedGsps, name: str) -> ParsedGsps:
+        """``parsed`` with only the annotations this job segments (all, for a one-series GSPS)."""
+        drawn = self.gsps_series.get(name)
+        if not drawn:
+            return parsed
+        mine = self.series_instance_uid
+        keep = tuple(a for a in parsed.annotations if a.referenced_series_instance_uid == mine
+                     or (a.referenced_series_instance_uid not in drawn and drawn[0] == mine))
+        return replace(parsed, annotations=keep)
+
+
+class SeriesOutcome(BaseModel):
+    """What segmenting one series gave: counts, the failed stage if any, seconds per stage."""
+
+    series_instance_uid: str
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    parse_failures: int = 0
+    failed_stage: str | None = None
+    message: str | None = None
+    seg_paths: list[str] = Field(default_factory=list)
+    preview_paths: list[str] = Field(default_factory=list)
+    seconds: dict[str, float] = Field(default_factory=dict)
+    #: (start, end) wall-clock times (time.time()) of each model call: when several workers
+    #: segment at once, their union is the time the model ran
+    model_spans: list[tuple[float, float]] = Field(default_factory=list)
+    warning: str | None = None
+
+
+@functools.cache
+def catalog_engine(url: str) -> Engine:
+    """One Engine (connection pool) per catalog URL and process, migrated on first use."""
+    return open_catalog(url)
+
+
+@functools.cache
+def segmenter(model: str, device: str | None, threads: int | None = None) -> Choice:
+    """The segmenter for (model, device), built once per process (a checkpoint loads once).
+
+    ``threads``: this process's share of the cores, when several worker processes share them:
+    BLAS / OpenMP (numpy, scipy) and torch would otherwise each start as many threads as there
+    are cores in every worker. OpenBLAS's idle threads spin: on 2 cores, one classical
+    segmenter with 2 BLAS threads took 40 % more CPU than with 1, and 20 % more wall time.
+    """
+    choice = choose_segmenter(model, device=device)  # loads what the model needs, then:
+    if threads:
+        threadpool_limits(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+    return choice
+
+
+def _fail(recorder: Recorder, outcome: SeriesOutcome, stage: Stage, uid: str, exc: Exception,
+          run_id: int | None) -> SeriesOutcome:
+    recorder.record_failure(FailureRecord(stage, uid, type(exc).__name__, str(exc), run_id))
+    outcome.failed_stage, outcome.message = stage.value, f"{type(exc).__name__}: {exc}"
+    logger.warning("series %s failed at %s: %s", outcome.series_instance_uid, stage.value, exc)
+    return outcome
+
+
+def _parse(job: SeriesJob, recorder: Recorder, run_id: int | None,
+           outcome: SeriesOutcome) -> list[ParsedGsps]:
+    """Read every GSPS; a broken one is recorded as a parse failure and left out."""
+    parsed = []
+    for name in job.gsps_files:
+        path = Path(name)
+        try:
+            parsed.append(job.own_annotations(parse_gsps(path), name))
+        except DicomInputError as exc:
+            if job.gsps_series.get(name, [job.series_instance_uid])[0] != job.series_instance_uid:
+                continue  # a GSPS shared with other series: its first series' job records it
+            recorder.record_failure(FailureRecord(Stage.PARSE, path.stem, type(exc).__name__,
+                                                  str(exc), run_id))
+            outcome.parse_failures += 1
+    return parsed
+
+
+def run_job(job: SeriesJob, catalog_url: str, output_dir: str, model: str = "auto",
+            device: str | None = None, run_id: int | None = None,
+            threads: int | None = None) -> SeriesOutcome:
+    """Load one series, segment every usable annotation, write SEGs, record it all.
+
+    A failure is recorded in the catalog with its stage and returned in the outcome; only an
+    unusable model or catalog raises.
+    """
+    outcome = SeriesOutcome(series_instance_uid=job.series_instance_uid)
+    recorder = Recorder(catalog_engine(catalog_url))
+    clock = time.perf_counter
+    t0 = clock()
+    try:
+        volume = load_series(Path(job.series_dir), job.series_instance_uid)
+        parsed = _parse(job, recorder, run_id, outcome)
+    except (DicomInputError, ValueError, OSError) as exc:
+        return _fail(recorder, outcome, Stage.LOAD, job.series_instance_uid, exc, run_id)
+    t1 = clock()
+    choice = segmenter(model, device, threads)
+    algorithm = algorithm_of(choice.segmenter, choice.warning)
+    out = Path(output_dir) / job.study_instance_uid
+    results = []
+    try:
+        for p in parsed:
+            results.extend(segment_gsps(volume, p, choice.segmenter, algorithm, out,
+                                        spans=outcome.model_spans))
+    except (ValueError, RuntimeError, OSError) as exc:
+        return _fail(recorder, outcome, Stage.SEGMENT, job.series_instance_uid, exc, run_id)
+    t2 = clock()
+    model_s = sum(end - start for start, end in outcome.model_spans)
+    try:
+        recorder.record_series_results(build_series_results(
+            volume, Path(job.series_dir), parsed, results, algorithm))
+    except (SQLAlchemyError, ValueError) as exc:  # recorded as a catalog failure; batch goes on
+        return _fail(recorder, outcome, Stage.CATALOG, job.series_instance_uid, exc, run_id)
+    for stage in (Stage.LOAD, Stage.SEGMENT, Stage.CATALOG):
+        recorder.resolve_failure(stage, job.series_instance_uid)
+    t3 = clock()
+    outcome.seconds = {"parse": round(t1 - t0, 3), "segment": round(model_s, 3),
+                       "seg_write": round(max(0.0, t2 - t1 - model_s), 3),
+                       "catalog": round(t3 - t2, 3)}
+    outcome.warning = choice.warning
+    _tally(outcome, results)
+    return outcome
+
+
+def _tally(outcome: SeriesOutcome, results: list) -> None:
+    for r in results:
+        if r.status == "ok":
+            outcome.ok += 1
+        elif r.status == "failed":
+            outcome.failed += 1
+        else:
+            outcome.skipped += 1
+    outcome.seg_paths = sorted({r.seg_path for r in results if r.seg_path})
+    outcome.preview_paths = [r.preview_path for r in results if r.preview_path]
+
+
+def default_workers(device: str | None) -> int:
+    """Segment worker processes when none are configured: one per core (at most 4) on the
+    CPU; one on a GPU (a second model on the same GPU would only take turns with the first)."""
+    if device is not None and not device.startswith("cpu"):
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _warm(model: str, device: str | None, threads: int | None, catalog_url: str) -> int:
+    """A worker's first job: build the segmenter and open the catalog before the first series."""
+    segmenter(model, device, threads)
+    catalog_engine(catalog_url)
+    return os.getpid()
+
+
+class SegmentWorkers:
+    """``size`` worker processes that run segment jobs, each loading the model once.
+
+    Series segment side by side on several cores, and off the flow's process, where the PACS
+    transfers run (pynetdicom's receive path is Python and needs the GIL). Started on entry:
+    each worker builds the segmenter and opens the catalog at once, while the first series are
+    still being retrieved.
+    """
+
+    def __init__(self, size: int, model: str, device: str | None, catalog_url: str) -> None:
+        if size < 1:
+            raise ValueError(f"Invalid 'size' value '{size}' - must be >= 1")
+        self.size, self.model, self.device = size, model, device
+        self.threads = max(1, (os.cpu_count() or 1) // size)
+        self._catalog_url = catalog_url
+        self._stack = ExitStack()
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> SegmentWorkers:
+        self._executor = self._stack.enter_context(worker_pool(
+            self.size, preload=[__name__], loggers=("", "flows", "dicom_io", "sam2ct", "db")))
+        # one warm-up per worker: each submit while none is idle starts another process; a
+        # failed warm-up is not read, the jobs then fail with the same error
+        for _ in range(self.size):
+            self._executor.submit(_warm, self.model, self.device, self.threads,
+                                  self._catalog_url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._executor = None
+        self._stack.close()
+
+    def run(self, job: SeriesJob, catalog_url: str, output_dir: str,
+            run_id: int | None = None) -> SeriesOutcome:
+        """Run one job on a free worker; wait for its outcome."""
+        if self._executor is None:
+            raise RuntimeError("SegmentWorkers.run outside its 'with' block")
+        return self._executor.submit(run_job, job, catalog_url, output_dir, self.model,
+                                     self.device, run_id, self.threads).result()
+
+
+__all__ = ["SegmentWorkers", "SeriesJob", "SeriesOutcome", "catalog_engine", "default_workers",
+           "run_job", "segmenter"]

@@ -1,0 +1,104 @@
+"""Segment jobs in worker processes: what a job in this process gives, on a share of the cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import pytest
+
+from flows.segment_jobs import SegmentWorkers, SeriesJob, run_job, segmenter
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, dict]:
+    """One small synthetic study (96 px, 24 slices, 10 GSPS)."""
+    from dicom_io.synth import make_studies
+
+    root = tmp_path_factory.mktemp("workers-study")
+    manifest = json.loads(make_studies(root, studies=1, seed=3, size=96, slices=24).read_text())
+    return root, manifest["studies"][0]
+
+
+def _job(study: tuple[Path, dict]) -> SeriesJob:
+    root, st = study
+    return SeriesJob(study_instance_uid=st["study_instance_uid"],
+                     series_instance_uid=st["series_instance_uid"],
+                     series_dir=str(root / st["ct_dir"]),
+                     gsps_files=[str(root / g["file"]) for g in st["gsps"]])
+
+
+def test_a_job_on_a_worker_gives_what_it_gives_here(study, tmp_path: Path) -> None:
+    from db.queries import table_counts
+    from flows.segment_jobs import catalog_engine
+
+    job = _job(study)
+    urls = {k: f"sqlite:///{tmp_path / k}.sqlite" for k in ("here", "worker")}
+    here = run_job(job, urls["here"], str(tmp_path / "here"), "classical")
+    with SegmentWorkers(2, "classical", None, urls["worker"]) as workers:
+        there = workers.run(job, urls["worker"], str(tmp_path / "worker"))
+    assert there.failed_stage is None and there.ok == here.ok > 0
+    assert (there.failed, there.skipped) == (here.failed, here.skipped)
+    assert [Path(p).name for p in there.seg_paths] == [Path(p).name for p in here.seg_paths]
+    assert all(Path(p).is_file() for p in there.seg_paths + there.preview_paths)
+    assert table_counts(catalog_engine(urls["worker"])) == table_counts(catalog_engine(urls["here"]))
+    assert len(there.model_spans) == len(there.seg_paths)  # one model call per GSPS
+    assert all(end >= start for start, end in there.model_spans)
+
+
+def _blas_threads(threads: int) -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    segmenter("classical", None, threads)
+    return [lib["num_threads"] for lib in threadpool_info()]
+
+
+def test_a_worker_keeps_to_its_share_of_the_cores() -> None:
+    """BLAS (numpy's and scipy's OpenBLAS) runs one thread per share, not one per core."""
+    from dicom_io.processes import worker_pool
+
+    with worker_pool(1, preload=["flows.segment_jobs"]) as pool:
+        threads = pool.submit(_blas_threads, 1).result()
+    assert threads and set(threads) == {1}
+
+
+def _grandchildren(pid: int) -> list[int]:
+    """Processes whose parent's parent is ``pid`` (the workers forked by our forkserver)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    return [p for p, pp in parents.items() if parents.get(pp) == pid]
+
+
+def test_a_killed_worker_fails_the_job_with_a_clear_error(study, tmp_path: Path) -> None:
+    """A worker that dies (out of memory, killed) makes its job raise; nothing hangs."""
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    with SegmentWorkers(1, "classical", None, url) as workers:
+        assert workers.run(_job(study), url, str(tmp_path / "seg")).ok > 0
+        victims = _grandchildren(os.getpid())
+        assert victims, "no worker process found"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool):
+            workers.run(_job(study), url, str(tmp_path / "seg"))
+
+
+def test_model_busy_time_is_the_union_of_the_calls() -> None:
+    from flows.artifacts import RunSummary
+
+    summary = RunSummary("2026-01-05", "2026-01-05", "PACS")
+    summary.model_spans = [(0.0, 2.0), (1.0, 3.0), (5.0, 6.0), (5.5, 5.7)]
+    assert summary.model_busy_seconds == pytest.approx(4.0)
+    assert summary.to_json()["model_busy_s"] == 4.0 and "model_spans" not in summary.to_json()
+
+
+def test_workers_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="'size'"):
+        SegmentWorkers(0, "classical", None, "sqlite://")
