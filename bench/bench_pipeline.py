@@ -184,6 +184,9 @@ def report(summary: dict, wall: float, transfer: float, direct: float,
     print(f"harvest wall {wall:.1f} s -> {3600 * args.studies / wall:.0f} studies/hour (CPU)")
     rows = {STAGES[k]: v for k, v in stages.items()}
     rows["orchestration (Prefect, rest)"] = other
+    if summary["model_busy_s"] < stages["segment"] - 0.01:
+        print("  (segment workers ran side by side: their stages are summed over the workers, "
+              "so shares add up to more than 100 % and 'rest' is what is left, if anything)")
     for name, seconds in rows.items():
         print(f"  {name:34s} {seconds:7.2f} s  {100 * seconds / wall:5.1f} %")
     waited = stages["retrieve"]
