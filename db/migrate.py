@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, func, select
 
 from db.engine import make_engine
 
@@ -61,7 +62,8 @@ def _migrate(target: str | Engine, direction: str, revision: str) -> None:
     """
     engine = make_engine(target) if isinstance(target, str) else target
     try:
-        with engine.connect() as connection, _sqlite_foreign_keys_off(connection):
+        with engine.connect() as connection, _one_at_a_time(connection), \
+                _sqlite_foreign_keys_off(connection):
             with connection.begin(), _quiet_alembic():
                 from alembic import command  # imported here: its plugins log at INFO
 
@@ -72,6 +74,34 @@ def _migrate(target: str | Engine, direction: str, revision: str) -> None:
     finally:
         if isinstance(target, str):
             engine.dispose()
+
+
+#: pg_advisory_lock key of catalog migrations ("SAM2MIG" in ASCII)
+_MIGRATION_LOCK = 0x53414D324D4947
+
+
+@contextmanager
+def _one_at_a_time(connection: Connection) -> Iterator[None]:
+    """Migrations of one catalog run one after another across processes, each reading the
+    schema's revision only once the one before committed (it then finds nothing to do): two
+    worker processes opening a new catalog at once would otherwise both create its tables.
+    PostgreSQL: a session advisory lock; SQLite: a lock file beside the database."""
+    dialect, database = connection.dialect.name, connection.engine.url.database
+    if dialect == "postgresql":
+        connection.execute(select(func.pg_advisory_lock(_MIGRATION_LOCK)))
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(select(func.pg_advisory_unlock(_MIGRATION_LOCK)))
+            connection.commit()
+        return
+    if dialect != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 @contextmanager

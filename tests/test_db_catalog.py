@@ -14,6 +14,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import OperationalError
 
@@ -286,6 +287,45 @@ def test_two_processes_upserting_the_same_results(backend: str, request: pytest.
         attempts = conn.execute(text("SELECT sum(attempts) FROM failure")).scalar_one()
     assert counts["failures"] == 5 and attempts == 2 * count
     engine.dispose()
+
+
+def _open_new_catalog(url: str, barrier) -> None:
+    """Worker: open (and so migrate) a catalog nobody has opened yet, with the others at once."""
+    barrier.wait(timeout=60)
+    open_catalog(url).dispose()
+
+
+@pytest.fixture()
+def new_pg_url() -> Iterator[str]:
+    """A PostgreSQL database that has never been migrated, dropped afterwards."""
+    name = f"sam2ct_new_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as e:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
+    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_processes_opening_a_new_catalog_at_once_migrate_it_once(
+        backend: str, request: pytest.FixtureRequest, tmp_path) -> None:
+    """Segment workers open the catalog together: one migrates, the others then find it done."""
+    url = (request.getfixturevalue("new_pg_url") if backend == "postgresql"
+           else f"sqlite:///{tmp_path / 'new.sqlite'}")
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(3)
+    workers = [ctx.Process(target=_open_new_catalog, args=(url, barrier)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert current_revision(url) == ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 # --- the trigger-kept segmentation summary ----------------------------------------------------
