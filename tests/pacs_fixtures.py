@@ -32,7 +32,7 @@ def orthanc(tmp_path_factory, corpus, local):
     if shutil.which("Orthanc") is None:
         pytest.skip("Orthanc (Debian package orthanc) is not installed")
     peer = OrthancPeer(tmp_path_factory.mktemp("orthanc"), free_port(), free_port(), OUR_AET,
-                       local.store_port, limit_find_results=2).start()
+                       local.store_port, limit_find_results=2, verbose=True).start()
     peer.upload(corpus.files)
     yield peer
     peer.kill()  # nothing to keep: no need to wait for a graceful stop

@@ -49,6 +49,12 @@ class OrthancPeer:
     limit_find_results: int = 0
     proc: subprocess.Popen | None = None
     extra: dict = field(default_factory=dict)
+    #: log every association (``--verbose``): tests count them in :attr:`log`
+    verbose: bool = False
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "orthanc.log"
 
     @property
     def aet(self) -> str:
@@ -78,8 +84,9 @@ class OrthancPeer:
         self.folder.mkdir(parents=True, exist_ok=True)
         cfg = self.folder / "orthanc.json"
         cfg.write_text(json.dumps(self.config(), indent=1))
-        log = self.folder / "orthanc.log"
-        self.proc = subprocess.Popen(["Orthanc", str(cfg)], stdout=log.open("ab"),
+        log = self.log
+        self.proc = subprocess.Popen(["Orthanc", *(["--verbose"] if self.verbose else []),
+                                      str(cfg)], stdout=log.open("ab"),
                                      stderr=subprocess.STDOUT, cwd=self.folder)
         _wait_port(self.http_port, self.proc, log)
         _wait_port(self.dicom_port, self.proc, log)

@@ -84,23 +84,8 @@ def orthanc(tmp_path_factory, studies, store_port):
         pytest.skip("Orthanc (Debian package orthanc) is not installed")
     from pacs_peers import OrthancPeer
 
-    class VerboseOrthanc(OrthancPeer):
-        def start(self):  # as OrthancPeer.start, with --verbose: associations are logged
-            from pacs_peers import _wait_port
-
-            self.folder.mkdir(parents=True, exist_ok=True)
-            cfg = self.folder / "orthanc.json"
-            cfg.write_text(json.dumps(self.config(), indent=1))
-            self.log = self.folder / "orthanc.log"
-            self.proc = subprocess.Popen(["Orthanc", "--verbose", str(cfg)],
-                                         stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
-                                         cwd=self.folder)
-            _wait_port(self.http_port, self.proc, self.log)
-            _wait_port(self.dicom_port, self.proc, self.log)
-            return self
-
-    peer = VerboseOrthanc(tmp_path_factory.mktemp("orthanc"), free_port(), free_port(),
-                          "SAM2CT", store_port).start()
+    peer = OrthancPeer(tmp_path_factory.mktemp("orthanc"), free_port(), free_port(),
+                       "SAM2CT", store_port, verbose=True).start()
     root: Path = studies["root"]
     peer.upload(sorted(root.glob("study-*/ct/*.dcm")) + [root / "orphan.dcm"]
                 + [root / g["file"] for s in studies["studies"] for g in s["gsps"]])

@@ -51,6 +51,17 @@ def test_discovery_finds_every_gsps_of_the_window_and_nothing_else(peer, local, 
     assert [g.sop_instance_uid for g in feb] == list(corpus.d.gsps_uids)
 
 
+def test_discovery_runs_every_query_on_one_association(orthanc, local, corpus) -> None:
+    """Counted by Orthanc: the window's C-FINDs (the split of its date window at Orthanc's
+    result limit, then each study's PR series and their instances) take one association, so
+    the PACS's rate limit on association openings costs a discovery one opening."""
+    opened = f"Association Received from AET {local.ae_title} "
+    before = orthanc.log.read_text().count(opened)
+    found = discover_gsps(_pacs(orthanc), local, *JAN)
+    assert len(found) == len(corpus.a.gsps_uids) + len(corpus.b.gsps_uids)
+    assert orthanc.log.read_text().count(opened) - before == 1
+
+
 def test_find_levels(peer, local, corpus) -> None:
     studies = find_studies(_pacs(peer), local, *JAN)
     assert [s.study_instance_uid for s in studies] == [

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
@@ -145,12 +146,29 @@ def find(pacs: PacsSettings, local: LocalAE, level: QueryLevel,
          keys: Mapping[str, str] | None = None,
          return_keys: Iterable[str] | None = None) -> FindResult:
     """One Study Root C-FIND in its own association (retried with back-off when busy)."""
-    identifier = make_identifier(level, keys, return_keys)
+    return on_one_association(pacs, local, lambda query: query(level, keys or {}, return_keys))
 
-    def attempt() -> FindResult:
+
+#: One C-FIND at a level with matching keys (and return keys: None for the level's defaults).
+Finder = Callable[[QueryLevel, Mapping[str, str], Iterable[str] | None], FindResult]
+T = TypeVar("T")
+
+
+def on_one_association(pacs: PacsSettings, local: LocalAE, work: Callable[[Finder], T]) -> T:
+    """``work(query)`` with every C-FIND it makes on one association; retried as a whole, with
+    back-off, while the PACS is busy.
+
+    One association for a whole discovery rather than one per query: the PACS's rate limit
+    spaces association openings (a window of 12 studies took 25 of them), not queries.
+    """
+    def attempt() -> T:
         with open_association(pacs, local, [build_context(
                 StudyRootQueryRetrieveInformationModelFind)]) as assoc:
-            return find_on(assoc, pacs, identifier)
+            def query(level: QueryLevel, keys: Mapping[str, str],
+                      return_keys: Iterable[str] | None = None) -> FindResult:
+                return find_on(assoc, pacs, make_identifier(level, keys, return_keys))
+
+            return work(query)
 
     return retry_with_backoff(pacs, attempt, lambda e: isinstance(e, PacsBusyError))
 
@@ -177,19 +195,23 @@ def find_in_window(pacs: PacsSettings, local: LocalAE, level: QueryLevel, start:
     Every query of the split runs on one association (retried as a whole when the PACS is busy).
     Raises :class:`QueryFailedError` when even one second of StudyTime exceeds the limit.
     """
+    _check_window(start, end)
+    return on_one_association(pacs, local, lambda query: _in_window(
+        pacs, query, level, start, end, keys, return_keys))
+
+
+def _in_window(pacs: PacsSettings, query: Finder, level: QueryLevel, start: dt.date,
+               end: dt.date, keys: Mapping[str, str] | None = None,
+               return_keys: Iterable[str] | None = None) -> list[Dataset]:
+    return_keys = list(return_keys) if return_keys is not None else None
+    return split_dates(pacs, lambda matching: query(level, matching, return_keys), start, end,
+                       dict(keys or {}))
+
+
+def _check_window(start: dt.date, end: dt.date) -> None:
+    """Raise before any association is opened for a window that ends before it starts."""
     if end < start:
         raise ValueError(f"Invalid date window {start}..{end} - end before start")
-    return_keys = list(return_keys) if return_keys is not None else None
-
-    def attempt() -> list[Dataset]:
-        with open_association(pacs, local, [build_context(
-                StudyRootQueryRetrieveInformationModelFind)]) as assoc:
-            def query(matching: Mapping[str, str]) -> FindResult:
-                return find_on(assoc, pacs, make_identifier(level, matching, return_keys))
-
-            return split_dates(pacs, query, start, end, dict(keys or {}))
-
-    return retry_with_backoff(pacs, attempt, lambda e: isinstance(e, PacsBusyError))
 
 
 def split_dates(pacs: PacsSettings, query: Query, start: dt.date, end: dt.date,
@@ -262,49 +284,72 @@ def _identity(ds: Dataset) -> tuple[str, str, str]:
 def find_studies(pacs: PacsSettings, local: LocalAE, start: dt.date, end: dt.date
                  ) -> list[StudyMatch]:
     """Studies whose StudyDate lies in ``start..end``, without duplicates."""
-    found = find_in_window(pacs, local, QueryLevel.STUDY, start, end)
-    unique = {d.StudyInstanceUID: StudyMatch(d.StudyInstanceUID, str(d.get("StudyDate", "")))
-              for d in found if d.get("StudyInstanceUID")}
-    return sorted(unique.values(), key=lambda s: (s.study_date, s.study_instance_uid))
+    _check_window(start, end)
+    return on_one_association(pacs, local, lambda query: _studies(pacs, query, start, end))
 
 
 def find_series(pacs: PacsSettings, local: LocalAE, study_uid: str,
                 modality: str | None = None) -> list[SeriesMatch]:
     """Series of one study, optionally only those of ``modality``."""
-    keys = {"StudyInstanceUID": study_uid, **({"Modality": modality} if modality else {})}
-    result = _complete(pacs, find(pacs, local, QueryLevel.SERIES, keys), f"study {study_uid}")
-    return [SeriesMatch(study_uid, d.SeriesInstanceUID, str(d.get("Modality", "")))
-            for d in result if d.get("SeriesInstanceUID")
-            and (modality is None or d.get("Modality") == modality)]
+    return on_one_association(pacs, local, lambda query: _series(pacs, query, study_uid,
+                                                                 modality))
 
 
 def find_instances(pacs: PacsSettings, local: LocalAE, study_uid: str,
                    series_uid: str | None = None) -> list[InstanceMatch]:
     """Instances of one series, or of every series of the study when ``series_uid`` is None."""
-    series = ([series_uid] if series_uid else
-              [s.series_instance_uid for s in find_series(pacs, local, study_uid)])
-    out: list[InstanceMatch] = []
-    for uid in series:
-        keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": uid}
-        result = _complete(pacs, find(pacs, local, QueryLevel.IMAGE, keys), f"series {uid}")
-        out.extend(InstanceMatch(study_uid, uid, d.SOPInstanceUID, str(d.get("SOPClassUID", "")))
-                   for d in result if d.get("SOPInstanceUID"))
-    return _unique(out)
+    return on_one_association(pacs, local, lambda query: _instances(pacs, query, study_uid,
+                                                                    series_uid))
 
 
 def discover_gsps(pacs: PacsSettings, local: LocalAE, start: dt.date, end: dt.date,
                   sop_classes: Sequence[str] = (GSPS_SOP_CLASS,)) -> list[InstanceMatch]:
-    """Every GSPS of the studies dated ``start..end``: studies → PR series → instances.
+    """Every GSPS of the studies dated ``start..end``: studies → PR series → instances, every
+    query on one association.
 
     Instances whose SOP Class is not in ``sop_classes`` (e.g. other presentation states) are left
     out; an instance whose class the PACS does not return is kept.
     """
+    def work(query: Finder) -> list[InstanceMatch]:
+        out: list[InstanceMatch] = []
+        for study in _studies(pacs, query, start, end):
+            uid = study.study_instance_uid
+            for series in _series(pacs, query, uid, modality="PR"):
+                out.extend(i for i in _instances(pacs, query, uid, series.series_instance_uid)
+                           if not i.sop_class_uid or i.sop_class_uid in sop_classes)
+        return _unique(out)
+
+    _check_window(start, end)
+    return on_one_association(pacs, local, work)
+
+
+def _studies(pacs: PacsSettings, query: Finder, start: dt.date, end: dt.date
+             ) -> list[StudyMatch]:
+    found = _in_window(pacs, query, QueryLevel.STUDY, start, end)
+    unique = {d.StudyInstanceUID: StudyMatch(d.StudyInstanceUID, str(d.get("StudyDate", "")))
+              for d in found if d.get("StudyInstanceUID")}
+    return sorted(unique.values(), key=lambda s: (s.study_date, s.study_instance_uid))
+
+
+def _series(pacs: PacsSettings, query: Finder, study_uid: str,
+            modality: str | None = None) -> list[SeriesMatch]:
+    keys = {"StudyInstanceUID": study_uid, **({"Modality": modality} if modality else {})}
+    result = _complete(pacs, query(QueryLevel.SERIES, keys, None), f"study {study_uid}")
+    return [SeriesMatch(study_uid, d.SeriesInstanceUID, str(d.get("Modality", "")))
+            for d in result if d.get("SeriesInstanceUID")
+            and (modality is None or d.get("Modality") == modality)]
+
+
+def _instances(pacs: PacsSettings, query: Finder, study_uid: str,
+               series_uid: str | None = None) -> list[InstanceMatch]:
+    series = ([series_uid] if series_uid else
+              [s.series_instance_uid for s in _series(pacs, query, study_uid)])
     out: list[InstanceMatch] = []
-    for study in find_studies(pacs, local, start, end):
-        for series in find_series(pacs, local, study.study_instance_uid, modality="PR"):
-            out.extend(i for i in find_instances(pacs, local, study.study_instance_uid,
-                                                 series.series_instance_uid)
-                       if not i.sop_class_uid or i.sop_class_uid in sop_classes)
+    for uid in series:
+        keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": uid}
+        result = _complete(pacs, query(QueryLevel.IMAGE, keys, None), f"series {uid}")
+        out.extend(InstanceMatch(study_uid, uid, d.SOPInstanceUID, str(d.get("SOPClassUID", "")))
+                   for d in result if d.get("SOPInstanceUID"))
     return _unique(out)
 
 
@@ -321,4 +366,5 @@ def _unique(items: list[InstanceMatch]) -> list[InstanceMatch]:
 
 __all__ = ["FindResult", "InstanceMatch", "PacsError", "QueryLevel", "SeriesMatch", "StudyMatch",
            "discover_gsps", "echo", "find", "find_in_window", "find_instances",
-           "find_series", "find_studies", "make_identifier", "split_dates", "split_day"]
+           "find_series", "find_studies", "make_identifier", "on_one_association", "split_dates",
+           "split_day"]
