@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -48,6 +49,17 @@ def _levels(loggers: Sequence[str]) -> dict[str, int]:
     return {name: logging.getLogger(name or None).getEffectiveLevel() for name in loggers}
 
 
+def start_forkserver(preload: Sequence[str]) -> None:
+    """Start this process's forkserver now, importing ``preload``; returns at once.
+
+    The imports (seconds) then run in the server while the caller goes on, so a later
+    :func:`worker_pool` with the same ``preload`` forks its first worker in milliseconds
+    instead of waiting for them. Does nothing when the forkserver already runs.
+    """
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload))
+    multiprocessing.forkserver.ensure_running()
+
+
 @contextmanager
 def worker_pool(workers: int, preload: Sequence[str],
                 loggers: Sequence[str] = ("",)) -> Iterator[ProcessPoolExecutor]:
@@ -73,4 +85,4 @@ def worker_pool(workers: int, preload: Sequence[str],
         queue.close()
 
 
-__all__ = ["worker_pool"]
+__all__ = ["start_forkserver", "worker_pool"]

@@ -39,7 +39,7 @@ from dicom_io.pacs import InstanceMatch, PacsError
 from flows.artifacts import Progress, RunSummary, publish_summary
 from flows.options import HarvestOptions, resolve_window, window_bounds
 from flows.segment_flow import SeriesJob, SeriesOutcome, catalog_engine, segment_one
-from flows.segment_jobs import SegmentWorkers, default_workers
+from flows.segment_jobs import SegmentWorkers, default_workers, prepare_workers
 from flows.settings import Settings
 from flows.tasks import (
     GspsTarget,
@@ -118,8 +118,7 @@ def harvest_window(opts: HarvestOptions, start: dt.date, end: dt.date) -> RunSum
     ensure_pacs_limits(opts)
     status = RunStatus.FAILED
     try:
-        with storage_scp(opts):
-            _stages(run, start, end)
+        _stages(run, start, end)
         status = RunStatus.COMPLETED
     finally:
         run.finish(status)
@@ -138,29 +137,44 @@ def _timed(run: _Run, stage: str) -> Iterator[None]:
 
 def _stages(run: _Run, start: dt.date, end: dt.date) -> None:
     """The process; each CT series is segmented as soon as it arrived, while the next ones are
-    being retrieved, and the PACS slots are held from the first query to the last retrieval."""
+    being retrieved, and the PACS slots are held from the first query to the last retrieval.
+    What takes a while to start (the segment workers' imports, the storage SCP) starts while
+    the PACS answers the discovery."""
     opts, s = run.opts, run.summary
+    if _worker_count(opts):
+        prepare_workers()
     with pacs_slots(opts) as slots:
-        with _timed(run, "retrieve"):
-            todo = _discover(run, start, end)
-            staged = _retrieve_gsps(run, todo)
-        with _timed(run, "parse"):
-            jobs = _jobs(run, staged)
-        run.progress.set(30.0, f"{s.retrieved_gsps} GSPS retrieved, {len(jobs)} series referenced")
-        with segment_workers(opts, len(jobs)) as workers:
-            for outcome in _segment(run, _retrieve_series(run, jobs, slots), len(jobs),
-                                    workers):
-                _count(run, outcome)
+        found = discover.submit(opts, start, end)
+        with storage_scp(opts):
+            jobs = _gsps_stages(run, found, start, end)
+            arrivals = _retrieve_series(run, jobs, slots)
+            with segment_workers(opts, len(jobs)) as workers:
+                for outcome in _segment(run, arrivals, len(jobs), workers):
+                    _count(run, outcome)
     _hold_shared(run)
     if opts.store_back and s.seg_paths:
         _store(run)
 
 
-def _discover(run: _Run, start: dt.date, end: dt.date) -> list[InstanceMatch]:
+def _gsps_stages(run: _Run, found: PrefectFuture[list[InstanceMatch]], start: dt.date,
+                 end: dt.date) -> list[SeriesJob]:
+    """The discovered GSPS not yet done, retrieved and parsed: one job per CT series."""
+    with _timed(run, "retrieve"):
+        todo = _discover(run, found, start, end)
+        staged = _retrieve_gsps(run, todo)
+    with _timed(run, "parse"):
+        jobs = _jobs(run, staged)
+    run.progress.set(30.0, f"{run.summary.retrieved_gsps} GSPS retrieved, {len(jobs)} series "
+                     "referenced")
+    return jobs
+
+
+def _discover(run: _Run, discovery: PrefectFuture[list[InstanceMatch]], start: dt.date,
+              end: dt.date) -> list[InstanceMatch]:
     """The window's GSPS not yet catalogued (or held back by a failed series)."""
     s, window = run.summary, f"window {start}..{end}"
     try:
-        found = discover(run.opts, start, end)
+        found = discovery.result()
     except ITEM_ERRORS as exc:
         run.fail(Stage.DISCOVER, window, exc)
         raise
@@ -219,11 +233,18 @@ def _jobs(run: _Run, gsps_paths: list[str]) -> list[SeriesJob]:
 
 
 def _retrieve_series(run: _Run, jobs: list[SeriesJob], slots: PacsSlots) -> Iterator[SeriesJob]:
-    """Retrieve every referenced CT series in parallel (within the PACS limit); yield each job,
-    in order, once its series arrived. The seconds waited count as the retrieve stage; the
-    slots are given back when the last series arrived, before it is segmented."""
+    """Start retrieving every referenced CT series now, in parallel (within the PACS limit);
+    the iterator yields each job, in order, once its series arrived."""
     futures = [(job, retrieve_series.submit(run.opts, job.study_instance_uid,
                                             job.series_instance_uid)) for job in jobs]
+    return _as_arrived(run, futures, slots)
+
+
+def _as_arrived(run: _Run, futures: list[tuple[SeriesJob, PrefectFuture[str]]],
+                slots: PacsSlots) -> Iterator[SeriesJob]:
+    """Each job with its staged folder, in order, as its series arrives. The seconds waited
+    count as the retrieve stage; the slots are given back when the last series arrived,
+    before it is segmented."""
     for n, (job, future) in enumerate(futures, start=1):
         with _timed(run, "retrieve"):
             folder = _arrived(run, job, future)
@@ -251,17 +272,22 @@ def _batches(jobs: list[SeriesJob], size: int) -> Iterator[list[SeriesJob]]:
         yield jobs[i:i + size]
 
 
+def _worker_count(opts: HarvestOptions) -> int:
+    """Segment worker processes this run may use: none when a GPU pool segments."""
+    if opts.segment_deployment:
+        return 0
+    return default_workers(opts.device) if opts.segment_workers is None else opts.segment_workers
+
+
 @contextmanager
 def segment_workers(opts: HarvestOptions, jobs: int) -> Iterator[SegmentWorkers | None]:
     """The worker processes that segment this run's ``jobs`` series (no more than there are
     series); None when segmenting runs on the GPU pool, in this process, or there is nothing."""
-    size = opts.segment_workers
-    if size is None:
-        size = default_workers(opts.device)
-    if opts.segment_deployment or min(size, jobs) < 1:
+    size = min(_worker_count(opts), jobs)
+    if size < 1:
         yield None
         return
-    with SegmentWorkers(min(size, jobs), opts.model, opts.device, opts.catalog) as workers:
+    with SegmentWorkers(size, opts.model, opts.device, opts.catalog) as workers:
         yield workers
 
 

@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 from db import Recorder, open_catalog
 from db.records import FailureRecord, Stage
 from dicom_io.errors import DicomInputError
-from dicom_io.processes import worker_pool
+from dicom_io.processes import start_forkserver, worker_pool
 from dicom_io.volume import load_series
 from flows.pipeline import ParsedGsps, algorithm_of, parse_gsps, segment_gsps
 from flows.recording import build_series_results
@@ -205,6 +205,17 @@ def _warm(model: str, device: str | None, threads: int | None, catalog_url: str)
     return os.getpid()
 
 
+#: What the workers' forkserver imports once, so each worker starts with it loaded.
+_PRELOAD = [__name__]
+
+
+def prepare_workers() -> None:
+    """Have the workers' imports (seconds: torch, highdicom, ...) done in the background now,
+    while the flow still discovers and retrieves, so that :class:`SegmentWorkers` started later
+    forks its workers in milliseconds."""
+    start_forkserver(_PRELOAD)
+
+
 class SegmentWorkers:
     """``size`` worker processes that run segment jobs, each loading the model once.
 
@@ -225,7 +236,7 @@ class SegmentWorkers:
 
     def __enter__(self) -> SegmentWorkers:
         self._executor = self._stack.enter_context(worker_pool(
-            self.size, preload=[__name__], loggers=("", "flows", "dicom_io", "sam2ct", "db")))
+            self.size, preload=_PRELOAD, loggers=("", "flows", "dicom_io", "sam2ct", "db")))
         # one warm-up per worker: each submit while none is idle starts another process; a
         # failed warm-up is not read, the jobs then fail with the same error
         for _ in range(self.size):
@@ -247,4 +258,4 @@ class SegmentWorkers:
 
 
 __all__ = ["SegmentWorkers", "SeriesJob", "SeriesOutcome", "catalog_engine", "default_workers",
-           "run_job", "segmenter"]
+           "prepare_workers", "run_job", "segmenter"]

@@ -65,6 +65,39 @@ def test_a_worker_keeps_to_its_share_of_the_cores() -> None:
     assert threads and set(threads) == {1}
 
 
+_FORKSERVER_SCRIPT = """
+import sys
+
+from dicom_io.processes import start_forkserver, worker_pool
+
+
+def imported(name):
+    return name in sys.modules
+
+
+if __name__ == "__main__":
+    start_forkserver(["colorsys"])
+    with worker_pool(1, preload=["json"]) as pool:
+        print(pool.submit(imported, "colorsys").result())
+"""
+
+
+def test_the_forkserver_started_ahead_is_the_one_workers_come_from(tmp_path: Path) -> None:
+    """``prepare_workers`` starts the forkserver at once, with its imports, for the pools that
+    come later (in a fresh interpreter: a forkserver's preload is fixed when it starts)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = tmp_path / "forkserver_ahead.py"
+    script.write_text(_FORKSERVER_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True"]
+
+
 def _grandchildren(pid: int) -> list[int]:
     """Processes whose parent's parent is ``pid`` (the workers forked by our forkserver)."""
     parents = {}
