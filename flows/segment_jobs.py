@@ -20,8 +20,10 @@ import functools
 import logging
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -223,6 +225,9 @@ class SegmentWorkers:
     transfers run (pynetdicom's receive path is Python and needs the GIL). Started on entry:
     each worker builds the segmenter and opens the catalog at once, while the first series are
     still being retrieved.
+
+    A worker that dies (killed, out of memory) takes its pool down: the jobs running then
+    raise ``BrokenProcessPool`` (the series' failure), and a fresh pool takes the jobs after.
     """
 
     def __init__(self, size: int, model: str, device: str | None, catalog_url: str) -> None:
@@ -233,8 +238,19 @@ class SegmentWorkers:
         self._catalog_url = catalog_url
         self._stack = ExitStack()
         self._executor: ProcessPoolExecutor | None = None
+        self._renewing = threading.Lock()
+        #: pools started after one broke (a count for the logs and tests)
+        self.renewals = 0
 
     def __enter__(self) -> SegmentWorkers:
+        self._open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._executor = None
+        self._stack.close()
+
+    def _open(self) -> None:
         self._executor = self._stack.enter_context(worker_pool(
             self.size, preload=_PRELOAD, loggers=("", "flows", "dicom_io", "sam2ct", "db")))
         # one warm-up per worker: each submit while none is idle starts another process; a
@@ -242,19 +258,39 @@ class SegmentWorkers:
         for _ in range(self.size):
             self._executor.submit(_warm, self.model, self.device, self.threads,
                                   self._catalog_url)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._executor = None
-        self._stack.close()
 
     def run(self, job: SeriesJob, catalog_url: str, output_dir: str,
             run_id: int | None = None) -> SeriesOutcome:
-        """Run one job on a free worker; wait for its outcome."""
+        """Run one job on a free worker; wait for its outcome. A job that was never started
+        because the pool had broken before goes to the fresh pool."""
+        args = (run_job, job, catalog_url, output_dir, self.model, self.device, run_id,
+                self.threads)
+        executor = self._current()
+        try:
+            future = executor.submit(*args)
+        except BrokenProcessPool:
+            future = self._renew(executor).submit(*args)
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self._renew(executor)
+            raise
+
+    def _current(self) -> ProcessPoolExecutor:
         if self._executor is None:
             raise RuntimeError("SegmentWorkers.run outside its 'with' block")
-        return self._executor.submit(run_job, job, catalog_url, output_dir, self.model,
-                                     self.device, run_id, self.threads).result()
+        return self._executor
+
+    def _renew(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+        """A fresh pool in place of ``broken`` (once, however many jobs saw it break)."""
+        with self._renewing:
+            if self._current() is broken:
+                logger.warning("a segment worker died; starting %d fresh worker(s)", self.size)
+                self._stack.close()
+                self._stack = ExitStack()
+                self._open()
+                self.renewals += 1
+            return self._current()
 
 
 __all__ = ["SegmentWorkers", "SeriesJob", "SeriesOutcome", "catalog_engine", "default_workers",

@@ -32,6 +32,20 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in lines if line.startswith("Error")]
 
 
+def forked_workers() -> list[int]:
+    """PIDs of the worker processes forked by this process's forkserver (segment workers)."""
+    parents, cmdlines = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdlines[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+    servers = {pid for pid, parent in parents.items()
+               if parent == os.getpid() and b"multiprocessing.forkserver" in cmdlines[pid]}
+    return [pid for pid, parent in parents.items() if parent in servers]
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now."""
     with socket.socket() as s:

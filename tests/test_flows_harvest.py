@@ -488,3 +488,57 @@ def test_segment_deployment_runs_batches_on_a_process_worker(harness, orthanc, t
     ran = [job["series_instance_uid"] for r in runs for job in r.parameters["series"]]
     assert sorted(ran) == sorted(two_series["series"])
     assert all(r.parameters["catalog_url"] is None for r in runs)  # no URL stored in Prefect
+
+
+def test_a_segment_worker_that_dies_fails_only_its_series(harness, studies, tmp_path):
+    """The harvest's segment stage on one worker, killed while it segments the first series:
+    that series is a catalogued segment failure (redone next run), the next series is
+    segmented by a fresh worker."""
+    import threading
+
+    from conftest import forked_workers
+    from prefect import flow
+
+    from db.models import Failure
+    from flows import harvest
+    from flows.options import HarvestOptions
+    from flows.segment_flow import SeriesJob
+
+    root = studies["root"]
+    jobs = [SeriesJob(study_instance_uid=st["study_instance_uid"],
+                      series_instance_uid=st["series_instance_uid"],
+                      series_dir=str(root / st["ct_dir"]),
+                      gsps_files=[str(root / g["file"]) for g in st["gsps"]])
+            for st in studies["studies"][:2]]
+    opts = HarvestOptions(pacs="DEADTEST@127.0.0.1:1", catalog_url=f"sqlite:///{tmp_path}/c.db",
+                          staging_dir=tmp_path / "staging", output_dir=tmp_path / "seg",
+                          model="classical", segment_workers=1)
+    first_output = tmp_path / "seg" / jobs[0].study_instance_uid
+
+    def kill_once_writing() -> None:
+        deadline = time.monotonic() + 120
+        while not first_output.exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        for pid in forked_workers():
+            os.kill(pid, signal.SIGKILL)
+
+    @flow
+    def segment_stage() -> tuple[dict, dict]:
+        run = harvest._Run(opts, *KILL_WINDOW)
+        with harvest.segment_workers(opts, len(jobs)) as workers:
+            killer = threading.Thread(target=kill_once_writing)
+            killer.start()
+            for outcome in harvest._segment(run, iter(jobs), len(jobs), workers):
+                harvest._count(run, outcome)
+            killer.join()
+        return dict(run.summary.failed_by_stage), run.failed_series
+
+    failed_by_stage, failed_series = segment_stage()
+    assert failed_by_stage == {"segment": 1}
+    assert failed_series == {jobs[0].series_instance_uid: "segment"}
+    engine = harvest.catalog_engine(opts.catalog)
+    with engine.connect() as conn:
+        failures = conn.execute(select(Failure.object_uid, Failure.error_class)).all()
+    assert failures == [(jobs[0].series_instance_uid, "BrokenProcessPool")]
+    segs = sorted((tmp_path / "seg" / jobs[1].study_instance_uid).glob("*.dcm"))
+    assert len(segs) == len(studies["studies"][1]["gsps"])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
+from conftest import forked_workers
 
 from flows.segment_jobs import SegmentWorkers, SeriesJob, run_job, segmenter
 
@@ -98,29 +100,30 @@ def test_the_forkserver_started_ahead_is_the_one_workers_come_from(tmp_path: Pat
     assert out.stdout.split() == ["True"]
 
 
-def _grandchildren(pid: int) -> list[int]:
-    """Processes whose parent's parent is ``pid`` (the workers forked by our forkserver)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    return [p for p, pp in parents.items() if parents.get(pp) == pid]
+def test_a_killed_worker_fails_its_job_and_fresh_workers_take_the_next(study,
+                                                                        tmp_path: Path) -> None:
+    """A worker that dies mid-job (out of memory, killed) makes its job raise; nothing hangs,
+    and the jobs after run on a fresh pool rather than all failing for the rest of the night."""
+    from concurrent.futures import ThreadPoolExecutor
 
-
-def test_a_killed_worker_fails_the_job_with_a_clear_error(study, tmp_path: Path) -> None:
-    """A worker that dies (out of memory, killed) makes its job raise; nothing hangs."""
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
-    with SegmentWorkers(1, "classical", None, url) as workers:
-        assert workers.run(_job(study), url, str(tmp_path / "seg")).ok > 0
-        victims = _grandchildren(os.getpid())
+    with SegmentWorkers(1, "classical", None, url) as workers, ThreadPoolExecutor(1) as caller:
+        first = workers.run(_job(study), url, str(tmp_path / "seg")).ok
+        assert first > 0
+        victims = forked_workers()
         assert victims, "no worker process found"
+        killed = caller.submit(workers.run, _job(study), url, str(tmp_path / "killed"))
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "killed").exists():  # its first SEG: the job is running
+            assert time.monotonic() < deadline and not killed.done()
+            time.sleep(0.002)
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         with pytest.raises(BrokenProcessPool):
-            workers.run(_job(study), url, str(tmp_path / "seg"))
+            killed.result()
+        assert workers.run(_job(study), url, str(tmp_path / "seg")).ok == first
+        assert workers.renewals == 1
+        assert not set(victims) & set(forked_workers())
 
 
 def test_model_busy_time_is_the_union_of_the_calls() -> None:
