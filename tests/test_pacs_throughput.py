@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import free_port
 from pacs_peers import OUR_AET, make_study, payload
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1
 from pynetdicom import evt
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
+from pynetdicom.sop_class import Verification
 
 from dicom_io.pacs import LocalAE, PacsSettings, StorageSCP, StoreOutcome, staged_path, store_files
+from dicom_io.pacs.association import build_context, open_association
 from dicom_io.pacs.settings import Backoff
 from dicom_io.pacs.storage import file_meta_bytes
 
@@ -115,3 +119,31 @@ def test_file_meta_is_pydicoms_byte_for_byte() -> None:
                                 transfer_syntax=syntax)
         assert file_meta_bytes(sop_class, sop, syntax) == (
             b"\x00" * 128 + b"DICM" + encode_file_meta(meta))
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux only")
+def test_our_sockets_ack_at_once_after_each_pdu_they_send(corpus, tmp_path: Path) -> None:
+    """Both ends of ours leave each sent PDU with the socket in quick-ACK mode, so a peer that
+    writes with Nagle's algorithm on (Orthanc as shipped) need not wait ~40 ms for our delayed
+    ACK before each dataset: read on the SCP's socket as each C-STORE arrives, and on our
+    requestor's after a C-ECHO."""
+    def quick(sock: socket.socket) -> int:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK)
+
+    ours, me, sender = _scp_and_sender(tmp_path)
+    scp = StorageSCP(ours, tmp_path / "staging")
+    seen: list[int] = []
+    store = scp.writer.handle_store
+
+    def spy(event: evt.Event) -> int:
+        seen.append(quick(event.assoc.dul.socket.socket))
+        return store(event)
+
+    scp.writer.handle_store = spy  # bound by start(), so wrap before it
+    with scp:
+        assert store_files(me, sender, list(corpus.a.files)).ok
+        with open_association(me, sender, [build_context(Verification)]) as assoc:
+            assert assoc.send_c_echo().Status == 0x0000
+            requestor = quick(assoc.dul.socket.socket)
+    assert len(seen) >= 3 and set(seen[1:]) == {1}  # the first comes on a fresh socket
+    assert requestor == 1

@@ -222,6 +222,24 @@ def set_no_delay(assoc: Association) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def ack_at_once(event: evt.Event) -> None:
+    """``evt.EVT_DATA_SENT`` handler: ACK the peer's next PDU at once (TCP_QUICKACK, Linux).
+
+    A peer that writes a message's command and dataset separately with Nagle's algorithm on
+    (Debian's DCMTK, hence Orthanc, unless TCP_NODELAY is set in its environment) holds the
+    dataset back until we ACK the command, and Linux delays that ACK by up to 40 ms once we
+    have answered (its interactive mode): 45 ms per small instance of a C-MOVE. Re-armed after
+    each PDU we send, as sending is what turns the delay back on.
+    """
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket is not None else None
+    if sock is not None and _QUICKACK is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only; elsewhere ACKs stay delayed
+
+
 def _associate_once(
     pacs: PacsSettings,
     local: LocalAE,
@@ -235,7 +253,8 @@ def _associate_once(
         connected.set()
         set_no_delay(event.assoc)
 
-    handlers = [(evt.EVT_CONN_OPEN, on_connect), *(evt_handlers or [])]
+    handlers = [(evt.EVT_CONN_OPEN, on_connect), (evt.EVT_DATA_SENT, ack_at_once),
+                *(evt_handlers or [])]
     tls = None
     if pacs.tls is not None:
         tls = (pacs.tls.client_context(), pacs.tls.server_hostname or pacs.host)
