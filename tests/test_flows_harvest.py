@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 pytestmark = pytest.mark.slow
 
 WINDOW = (dt.date(2026, 1, 5), dt.date(2026, 1, 7))  # studies 1-3; study 4 (01-08) lies outside
-KILL_WINDOW = (dt.date(2026, 1, 5), dt.date(2026, 1, 5))  # study 1 only: a shorter run
+STUDY_1 = (dt.date(2026, 1, 5), dt.date(2026, 1, 5))  # study 1 only: a shorter run
 
 
 @pytest.fixture(scope="module")
@@ -238,28 +238,34 @@ def test_killed_run_is_finished_by_rerun_without_duplicates(harness, orthanc, st
 
     env = {**os.environ, "PREFECT_API_URL": harness, "SAM2CT_DATA_DIR": str(tmp_path / "data"),
            "SAM2CT_MODEL": "classical", "SAM2CT_AE_TITLE": "SAM2CT",
-           "SAM2CT_STORE_PORT": str(store_port)}
-    cmd = [sys.executable, "-m", "flows", "harvest", "--from", str(KILL_WINDOW[0]), "--to",
-           str(KILL_WINDOW[1]), "--pacs", orthanc.address, "--catalog", pg_url, "--staging",
+           "SAM2CT_STORE_PORT": str(store_port),
+           # one series at a time: when the first SEG appears, two series are still to do
+           "SAM2CT_SEGMENT_WORKERS": "1"}
+    cmd = [sys.executable, "-m", "flows", "harvest", "--from", str(WINDOW[0]), "--to",
+           str(WINDOW[1]), "--pacs", orthanc.address, "--catalog", pg_url, "--staging",
            str(tmp_path / "staging"), "--out", str(tmp_path / "seg")]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "killed-harvest.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     deadline = time.monotonic() + 240
     while not list((tmp_path / "seg").rglob("*.dcm")) and time.monotonic() < deadline:
-        assert proc.poll() is None, "the harvest ended before it could be killed"
-        time.sleep(0.05)
+        assert proc.poll() is None, ("the harvest ended before it could be killed:\n"
+                                     + log.read_text()[-3000:])
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # in the middle: some SEGs written, most not
     proc.wait(10)
     with open_catalog(pg_url).connect() as conn:
         before = conn.execute(select(func.count()).select_from(PresentationState)).scalar_one()
-    assert before < len(_window_gsps(studies, KILL_WINDOW)), "the run ended before the kill"
+    print(f"\nkilled with {before} of {len(_window_gsps(studies, WINDOW))} GSPS catalogued")
+    assert before < len(_window_gsps(studies, WINDOW)), "the run ended before the kill"
     _release_stale_slots(limit_names(orthanc.aet)[0])
 
-    summary = nightly_harvest(*KILL_WINDOW, _options(tmp_path, orthanc, store_port, pg_url,
+    summary = nightly_harvest(*WINDOW, _options(tmp_path, orthanc, store_port, pg_url,
                                                      store_back=True))
     assert summary["failed_by_stage"] == {}
     engine = open_catalog(pg_url)
-    _check_catalog(engine, studies, KILL_WINDOW)  # nothing missing
+    _check_catalog(engine, studies, WINDOW)  # nothing missing
     with engine.connect() as conn:
         seg_uids = conn.execute(select(Segmentation.seg_sop_instance_uid,
                                        func.count(func.distinct(Segmentation.seg_path)))
@@ -524,7 +530,7 @@ def test_a_segment_worker_that_dies_fails_only_its_series(harness, studies, tmp_
 
     @flow
     def segment_stage() -> tuple[dict, dict]:
-        run = harvest._Run(opts, *KILL_WINDOW)
+        run = harvest._Run(opts, *STUDY_1)
         with harvest.segment_workers(opts, len(jobs)) as workers:
             killer = threading.Thread(target=kill_once_writing)
             killer.start()
