@@ -32,7 +32,9 @@ from PIL import Image
 from sam2ct.model import SAM2CTConfig, build_sam2ct
 from sam2ct.model.build import sam2_overrides
 from sam2ct.model.checkpoint import NEW_POINT_EMBEDDINGS
+from sam2ct.model.preprocess import prompt_points
 from sam2ct.model.propagate import propagate
+from sam2ct.prompts import Prompt, PromptKind
 
 
 def phantom(slices: int, side: int, seed: int = 0) -> np.ndarray:
@@ -163,8 +165,8 @@ def main() -> None:
     index = args.slices // 2
     c = args.side / 2
     native = np.array([[c - args.side / 5, c], [c + args.side / 5, c]])
-    model_coords = native * (args.size / args.side)
-    labels = np.array([4, 4])
+    line = Prompt(PromptKind.LINE, index, native)
+    model_coords, labels = prompt_points(line, volume.shape[1:], config)  # in our model's view
 
     def ours_run(_modules=None):
         return run_ours(ours, volume, model_coords, labels, index, config, device)

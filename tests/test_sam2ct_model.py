@@ -24,6 +24,8 @@ from sam2ct.model.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     arrow_points,
+    intensity_range,
+    model_view,
     point_inputs,
     preprocess_slices,
     prompt_points,
@@ -67,6 +69,46 @@ def test_segmenter_uses_the_settings_saved_in_the_checkpoint(tmp_path: Path) -> 
     segmenter = SAM2CTSegmenter.from_checkpoint(path, device="cpu")
     assert segmenter.config == config
     assert SAM2CTConfig.from_dict(inspect_checkpoint(path)[0].to_dict()["config"]) == config
+
+
+def test_checkpoints_run_with_the_conventions_they_were_made_with(tmp_path: Path) -> None:
+    """The authors' files (no settings saved) run as published; ours saved before the
+    conventions were named run as they were trained; ours saved now keep what they say."""
+    from sam2ct.model.config import LEGACY, PUBLISHED
+    from sam2ct.model.segmenter import SAM2CTSegmenter
+
+    state = build_sam2ct(SMALL, seed=0).state_dict()
+    published, old, custom = (tmp_path / n for n in ("published.pt", "old.pt", "custom.pt"))
+    torch.save({"model": state}, published)
+    torch.save({"model": state, "sam2ct_config": {"image_size": 64, "cuda_graphs": True}}, old)
+    save_checkpoint(custom, build_sam2ct(SMALL, seed=0),
+                    SAM2CTConfig(image_size=64, fill_hole_area=8))
+    runs = {path.stem: SAM2CTSegmenter.from_checkpoint(path, device="cpu")
+            for path in (published, old, custom)}
+    assert runs["published"].config.conventions() == PUBLISHED
+    assert runs["old"].config.conventions() == LEGACY and runs["old"].config.image_size == 64
+    assert runs["custom"].config.fill_hole_area == 8
+    assert [runs[k].config.conventions_name() for k in ("published", "old", "custom")] == [
+        "published", "legacy", "custom: fill_hole_area=8"]
+    # the decoder's dynamic multimask is built as the conventions say
+    assert runs["published"].model.sam_mask_decoder.dynamic_multimask_via_stability
+    assert not runs["old"].model.sam_mask_decoder.dynamic_multimask_via_stability
+
+
+def test_small_holes_are_filled_as_sam2_fills_them() -> None:
+    """Background components of at most 8 pixels, 8-connected, border ones too, get 0.1."""
+    from sam2ct.model.postprocess import HOLE_FILL_SCORE, fill_small_holes
+
+    logits = np.full((1, 12, 12), 5.0, dtype=np.float32)
+    logits[0, 2:4, 2:6] = -3.0  # an inner hole of 8 pixels: filled
+    logits[0, 7:10, 7:10] = -3.0  # 9 pixels: kept
+    logits[0, 0, 10], logits[0, 1, 11] = -1.0, -1.0  # 2 pixels touching diagonally, on the border
+    out = fill_small_holes(logits, 8)
+    assert np.all(out[0, 2:4, 2:6] == HOLE_FILL_SCORE)
+    assert np.all(out[0, 7:10, 7:10] == -3.0)
+    assert out[0, 0, 10] == out[0, 1, 11] == HOLE_FILL_SCORE
+    assert np.all(out[logits > 0] == 5.0)  # foreground scores untouched
+    assert logits[0, 2, 2] == -3.0  # the input is left as it was
 
 
 def test_plain_sam2_state_dict_reports_exactly_the_four_new_embeddings(tmp_path: Path) -> None:
@@ -128,8 +170,35 @@ def test_preprocessing_windows_hu_and_normalises() -> None:
     assert torch.allclose(x[0, :, -1, -1], (1 - mean) / std, atol=1e-5)  # 2000 HU clipped to 1
 
 
+def test_published_intensity_is_the_min_max_of_the_clipped_volume() -> None:
+    """Clipped to [-500, 500], then the clipped volume's own minimum -> 0 and maximum -> 1."""
+    soft = np.array([[[-100.0, 20.0], [60.0, 300.0]], [[0.0, 40.0], [2000.0, -50.0]]])
+    published, window = SAM2CTConfig(image_size=64), SAM2CTConfig(volume_min_max=False)
+    assert intensity_range(soft, published) == (-100.0, 500.0)  # 2000 clipped to 500
+    assert intensity_range(soft, window) == (-500.0, 500.0)
+    x = preprocess_slices(soft[:1], published, scale=intensity_range(soft, published))
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    assert torch.allclose(x[0, :, 0, 0], (0 - mean) / std, atol=1e-5)  # the volume's minimum
+    flat = preprocess_slices(np.full((1, 2, 2), 30.0), published, scale=(30.0, 30.0))
+    assert torch.isfinite(flat).all()  # a constant volume maps to 0, not NaN
+
+
+def test_prompt_points_in_the_published_orientation_swap_x_and_y() -> None:
+    """The published model sees slices transposed: its x is the DICOM row, its y the column."""
+    config = SAM2CTConfig()  # 1024 input, published conventions
+    shape = (256, 512)  # rows, cols: the model's x (rows) scales by 4, its y (cols) by 2
+    line = Prompt(PromptKind.LINE, 3, np.array([[10.0, 20.0], [30.0, 40.0]]))
+    coords, labels = prompt_points(line, shape, config)
+    assert labels.tolist() == [4, 4] and coords.tolist() == [[80.0, 20.0], [160.0, 60.0]]
+    arrow = Prompt(PromptKind.ARROW, 3, np.array([[100.0, 50.0], [200.0, 50.0]]))
+    coords, labels = prompt_points(arrow, shape, config)
+    assert labels.tolist() == [6, 5]
+    assert np.allclose(coords, [[200.0, 200.0], [200.0, 264.0]])  # 64 px towards the tail
+    assert model_view(np.zeros((2, 256, 512)), config).shape == (2, 512, 256)
+
+
 def test_prompt_points_labels_and_scaling() -> None:
-    config = SAM2CTConfig()  # 1024 input, arrow second point 64 px from the head
+    config = SAM2CTConfig(transpose_slices=False)  # 1024 input, arrow second point 64 px away
     shape = (256, 512)  # rows, cols: x scales by 2, y by 4
     line = Prompt(PromptKind.LINE, 3, np.array([[10.0, 20.0], [30.0, 40.0]]))
     coords, labels = prompt_points(line, shape, config)
@@ -185,8 +254,11 @@ def test_model_inspect_cli(checkpoint: Path, tmp_path: Path, capsys) -> None:
     assert doc["missing_keys"] == [] and doc["unexpected_keys"] == []
     assert doc["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert 38_000_000 < doc["parameters"] < 40_000_000  # SAM2.1 Hiera-T + 4 embeddings
+    assert doc["conventions"] == "published" and doc["config"]["transpose_slices"] is True
     assert main(["model", "inspect", str(checkpoint)]) == 0
-    assert "point embeddings: 8" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "point embeddings: 8" in text and "conventions:      published" in text
+    assert "  pointer_tpos_frames = 8" in text
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00" * 64)
     assert main(["model", "inspect", str(junk)]) == 2

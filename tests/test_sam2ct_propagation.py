@@ -106,13 +106,17 @@ def test_looking_ahead_gives_the_same_propagation(model, volume) -> None:
     assert all(np.array_equal(ahead.masks[i], plain.masks[i]) for i in plain.masks)
 
 
-def test_empty_prompt_slice_does_not_propagate(model, volume) -> None:
+def test_empty_prompt_slice_stops_upwards_but_still_propagates_downwards(model, volume) -> None:
+    """As published: the backward pass runs from the prompt memory even when the prompt
+    slice's own mask is empty; the forward pass stops at once."""
     handle = _forcing(model, {(0, 0)})
     try:
         result = _run(model, volume)
     finally:
         handle.remove()
-    assert result.visited == [4] and not result.masks[4].any()
+    assert result.visited == [4, 3, 2, 1, 0]
+    assert result.stopped_at == {1: 4, -1: None}
+    assert sorted(result.masks) == [0, 1, 2, 3]  # the empty prompt slice holds no mask
 
 
 def test_memory_encoder_receives_memory_conditioned_features(model, volume) -> None:
@@ -213,7 +217,12 @@ def test_chunked_encoding_matches_one_slice_at_a_time(model, volume) -> None:
 def test_lockstep_directions_match_one_direction_at_a_time(model, volume) -> None:
     """Batching the two directions gives the memories that 'up, clear, then down' gives."""
     from sam2ct.model.memory import MemoryBank
-    from sam2ct.model.preprocess import point_inputs, preprocess_slices
+    from sam2ct.model.preprocess import (
+        intensity_range,
+        model_view,
+        point_inputs,
+        preprocess_slices,
+    )
     from sam2ct.model.propagate import encode_images, prompt_step, track_step
 
     memories: list[torch.Tensor] = []
@@ -227,7 +236,9 @@ def test_lockstep_directions_match_one_direction_at_a_time(model, volume) -> Non
             batched[4 + step], batched[4 - step] = mem[0], mem[1]
         memories.clear()
         with torch.inference_mode():
-            feats = encode_images(model, preprocess_slices(volume, SMALL))
+            images = preprocess_slices(model_view(volume, SMALL), SMALL,
+                                       scale=intensity_range(volume, SMALL))
+            feats = encode_images(model, images)
             coords, labels = np.array([[20.0, 20.0], [40.0, 30.0]]), np.array([4, 4])
             first = prompt_step(model, feats[4], point_inputs(coords, labels), SMALL)
             bank = MemoryBank(SMALL)

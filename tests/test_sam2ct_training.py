@@ -80,6 +80,41 @@ def test_clip_starts_at_the_prompted_slice_with_simulated_prompt() -> None:
     assert arrow.points["point_labels"].tolist() == [[6, 5]]
 
 
+@pytest.mark.parametrize("transpose", [True, False])
+def test_a_training_clip_shows_the_model_what_inference_shows_it(transpose: bool) -> None:
+    """Same prompt: the same pixels (orientation, intensity scaling of the whole volume) and the
+    same points reach the network in training as in inference."""
+    from dataclasses import replace
+
+    from sam2ct.model import SAM2CTSegmenter
+
+    config = replace(SMALL, transpose_slices=transpose)
+    case = _case(shape=(10, 40, 56))  # not square: a transposition shows
+    case = LesionCase(case.name, case.image + np.linspace(0, 300, 56, dtype=np.float32),
+                      case.label, case.spacing)  # columns differ from rows
+    clip = make_clip(case, config, np.random.default_rng(3))
+    model = build_sam2ct(config, seed=0)
+    images, points = [], []
+    hooks = [model.image_encoder.register_forward_pre_hook(lambda m, a: images.append(a[0])),
+             model.sam_prompt_encoder.register_forward_pre_hook(
+                 lambda m, a, kw: points.append(kw["points"]), with_kwargs=True)]
+    try:
+        SAM2CTSegmenter(model, config).segment(case.image, case.spacing, [clip.prompt])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.allclose(images[0][0], clip.images[0], atol=1e-5)  # the prompt slice
+    coords, labels = points[0]
+    assert torch.allclose(coords, clip.points["point_coords"])
+    assert torch.equal(labels, clip.points["point_labels"])
+    # the target is the lesion in the model's view
+    lesion = torch.as_tensor(case.label[clip.prompt.slice_index], dtype=torch.float32)
+    lesion = lesion.T if transpose else lesion
+    resized = torch.nn.functional.interpolate(lesion[None, None], size=(64, 64),
+                                              mode="bilinear", align_corners=False)[0, 0] > 0.5
+    assert torch.equal(clip.targets[0] > 0, resized)
+
+
 def test_loss_is_low_for_the_right_mask_and_high_for_the_wrong_one() -> None:
     target = torch.zeros(1, 32, 32)
     target[0, 8:24, 8:24] = 1

@@ -34,10 +34,14 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def _text(data: dict) -> str:
+    from sam2ct.model.config import CONVENTIONS
+
     lines = [f"file:             {data['path']}", f"sha256:           {data['sha256']}",
              f"kind:             {data['kind']} ({'loads' if data['loadable'] else 'DOES NOT LOAD'})",
              f"parameters:       {data['parameters']:,}",
-             f"point embeddings: {data['point_embeddings']}"]
+             f"point embeddings: {data['point_embeddings']}",
+             f"conventions:      {data['conventions']}"]
+    lines += [f"  {name} = {data['config'][name]}" for name in CONVENTIONS]
     for name in ("missing_keys", "unexpected_keys", "shape_mismatches"):
         keys = data[name]
         lines.append(f"{name.replace('_', ' ') + ':':18}{len(keys)}")

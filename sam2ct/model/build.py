@@ -40,14 +40,19 @@ class SAM2CTPromptEncoder(PromptEncoder):
 
 
 def sam2_overrides(config: SAM2CTConfig) -> list[str]:
-    """Hydra overrides that set the input size of the SAM2.1 Hiera-T config."""
+    """Hydra overrides of the SAM2.1 Hiera-T config: input size, memory slots and the mask
+    decoder's dynamic multimask (as SAM2's own video predictor sets it)."""
     feat = config.feature_size
     attn = "++model.memory_attention.layer"
+    decoder = "++model.sam_mask_decoder_extra_args"
     return [
         f"++model.image_size={config.image_size}",
         f"{attn}.self_attention.feat_sizes=[{feat},{feat}]",
         f"{attn}.cross_attention.feat_sizes=[{feat},{feat}]",
         f"++model.num_maskmem={config.num_maskmem}",
+        f"{decoder}.dynamic_multimask_via_stability={str(config.stability_multimask).lower()}",
+        f"{decoder}.dynamic_multimask_stability_delta={config.stability_delta}",
+        f"{decoder}.dynamic_multimask_stability_thresh={config.stability_threshold}",
     ]
 
 

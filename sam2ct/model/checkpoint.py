@@ -67,7 +67,8 @@ class CheckpointReport:
                 "missing_keys": list(self.missing_keys),
                 "unexpected_keys": list(self.unexpected_keys),
                 "shape_mismatches": list(self.shape_mismatches),
-                "extra_entries": list(self.extra_entries), "config": self.config}
+                "extra_entries": list(self.extra_entries), "config": self.config,
+                "conventions": SAM2CTConfig.from_dict(self.config).conventions_name()}
 
 
 def sha256_of(path: Path) -> str:
@@ -95,6 +96,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return data
 
 
+def saved_config(data: dict[str, Any]) -> SAM2CTConfig:
+    """The settings a checkpoint runs with: those saved in it (conventions it predates take
+    their legacy values), or the published conventions for a file without any (the authors')."""
+    saved = data.get(CONFIG_KEY)
+    return SAM2CTConfig.from_dict(saved) if saved else SAM2CTConfig()
+
+
 def compare_state_dict(model: SAM2Base, state: dict[str, torch.Tensor]
                        ) -> tuple[list[str], list[str], list[str]]:
     """(missing, unexpected, shape-mismatched) keys of ``state`` against ``model``."""
@@ -111,7 +119,7 @@ def inspect_checkpoint(path: Path, config: SAM2CTConfig | None = None
     """Compare the file with a freshly built SAM2CT network; never raises on key differences."""
     path = Path(path)
     data = read_checkpoint(path)
-    config = config or SAM2CTConfig.from_dict(data.get(CONFIG_KEY) or {})
+    config = config or saved_config(data)
     model = build_sam2ct(config)
     missing, unexpected, mismatched = compare_state_dict(model, data["model"])
     report = CheckpointReport(

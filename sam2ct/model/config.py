@@ -42,6 +42,23 @@ class SAM2CTConfig:
     tracking step from CUDA graphs once its shapes repeat (CUDA inference only; on an H100
     87 -> 128 slices/s, same masks).
 
+    The conventions of the published inference code (``PUBLISHED``; ``LEGACY`` are the values
+    our checkpoints were trained with before they were named), saved in every checkpoint:
+
+    ``transpose_slices``: the model sees each slice transposed (its image rows are the DICOM
+    columns), as the authors' NIfTI ``[i, j]`` planes are. ``volume_min_max``: after the HU clip,
+    scale by the clipped *volume's* minimum and maximum instead of the window's bounds.
+    ``track_multimask``: tracked slices take the best of the decoder's three masks by predicted
+    IoU (and that mask's pointer) instead of its single mask. ``stability_multimask``: the single
+    mask is replaced by the best of three when it is unstable (SAM2's dynamic multimask:
+    ``stability_delta``, ``stability_threshold``). ``pointer_tpos_frames``: object-pointer
+    positions are divided by ``min(this, max_obj_ptrs_in_encoder) - 1`` (None: by the number of
+    slices, capped the same way). ``fill_hole_area``: background holes of at most this many
+    low-resolution mask pixels are filled in the output masks. The published network asks for 8,
+    but SAM2 fills them only with its CUDA extension and skips the step without it (every CPU
+    run, the parity cases' too); 0, the default, is what the published code computes there, 8
+    what it computes on a CUDA machine with the extension built.
+
     Example
     -------
     >>> SAM2CTConfig(image_size=256).feature_size
@@ -57,6 +74,14 @@ class SAM2CTConfig:
     hu_window: tuple[float, float] = (-500.0, 500.0)
     binarize_prompt_mask_for_memory: bool = True
     cuda_graphs: bool = True
+    transpose_slices: bool = True
+    volume_min_max: bool = True
+    track_multimask: bool = False
+    stability_multimask: bool = True
+    stability_delta: float = 0.05
+    stability_threshold: float = 0.98
+    pointer_tpos_frames: int | None = 8
+    fill_hole_area: int = 0
 
     def __post_init__(self) -> None:
         if self.image_size < 64 or self.image_size % 64:
@@ -71,6 +96,11 @@ class SAM2CTConfig:
         low, high = self.hu_window
         if not low < high:
             raise ValueError(f"Invalid 'hu_window' value {self.hu_window} - low must be < high")
+        if self.pointer_tpos_frames is not None and self.pointer_tpos_frames < 2:
+            raise ValueError(f"Invalid 'pointer_tpos_frames' value {self.pointer_tpos_frames} "
+                             "- must be >= 2 or None")
+        if self.fill_hole_area < 0:
+            raise ValueError(f"Invalid 'fill_hole_area' value {self.fill_hole_area} - must be >= 0")
 
     @property
     def feature_size(self) -> int:
@@ -83,10 +113,42 @@ class SAM2CTConfig:
         data["hu_window"] = list(self.hu_window)
         return data
 
+    def conventions(self) -> dict[str, Any]:
+        """The settings that make this model compute as the published code does (or not)."""
+        data = self.to_dict()
+        return {name: data[name] for name in CONVENTIONS}
+
+    def conventions_name(self) -> str:
+        """``published``, ``legacy`` (our checkpoints before the conventions were named), or
+        ``custom: <settings that differ from the published ones>``."""
+        own = self.conventions()
+        if own == PUBLISHED:
+            return "published"
+        if own == LEGACY:
+            return "legacy"
+        return "custom: " + ", ".join(f"{k}={v}" for k, v in own.items() if PUBLISHED[k] != v)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SAM2CTConfig:
-        """Inverse of ``to_dict``; unknown keys are ignored (older/newer checkpoints)."""
+        """Inverse of ``to_dict``; unknown keys are ignored (older/newer checkpoints).
+
+        A convention missing from ``data`` takes its ``LEGACY`` value: a dict saved before the
+        conventions were named comes from a model trained with those.
+        """
+        data = {**LEGACY, **data}
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         if "hu_window" in known:
             known["hu_window"] = tuple(float(v) for v in known["hu_window"])
         return cls(**known)
+
+
+#: the settings that are conventions of the authors' published inference code (parity README);
+#: their dataclass defaults are the published values
+CONVENTIONS = ("transpose_slices", "volume_min_max", "track_multimask", "stability_multimask",
+               "stability_delta", "stability_threshold", "pointer_tpos_frames", "fill_hole_area")
+PUBLISHED: dict[str, Any] = {name: SAM2CTConfig.__dataclass_fields__[name].default
+                             for name in CONVENTIONS}
+#: what our checkpoints saved before the conventions were named were trained and run with
+LEGACY: dict[str, Any] = {**PUBLISHED, "transpose_slices": False, "volume_min_max": False,
+                          "track_multimask": True, "stability_multimask": False,
+                          "pointer_tpos_frames": None, "fill_hole_area": 0}

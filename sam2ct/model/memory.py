@@ -3,7 +3,8 @@
 Conventions (sam2ct-model.md): the prompt (conditioning) memory is always attended to, with
 temporal encoding index ``num_maskmem - 1`` (6); a non-conditioning memory at slice distance d
 (|d| <= 6) gets index ``6 - |d|``, the reverse of SAM2's ``|d| - 1``. Object pointers come from
-|d| <= 8, the prompt's at position 0. MCM: a slice's memory is encoded from its features *after*
+|d| <= 8, the prompt's at position 0, their positions divided by
+``min(pointer_tpos_frames, max_obj_ptrs_in_encoder) - 1`` (7 as published). MCM: a slice's memory is encoded from its features *after*
 memory attention, not from the raw image-encoder features.
 """
 
@@ -108,7 +109,8 @@ class MemoryBank:
         ptrs_t = torch.stack([ptr for _, ptr in items])  # (P, B, C)
         n, batch, channels = ptrs_t.shape
         mem_dim = model.mem_dim
-        t_max = max(1, min(num_slices, model.max_obj_ptrs_in_encoder) - 1)
+        frames = self.config.pointer_tpos_frames or num_slices  # published: 8, not the volume
+        t_max = max(1, min(frames, model.max_obj_ptrs_in_encoder) - 1)
         enc = self._position_table(model, t_max, channels, ptrs_t.device)
         if positions == list(range(n)):  # consecutive slices: no host-to-device copy
             enc = enc[:n]

@@ -14,15 +14,45 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def preprocess_slices(slices: np.ndarray | torch.Tensor, config: SAM2CTConfig,
-                      device: str | torch.device = "cpu") -> torch.Tensor:
-    """(n, rows, cols) HU -> (n, 3, S, S) float32 model input on ``device``."""
+def model_view(array: np.ndarray, config: SAM2CTConfig) -> np.ndarray:
+    """(z, rows, cols) -> the slices as the model sees them: (z, cols, rows) when
+    ``config.transpose_slices`` (the published orientation), else unchanged. A view, no copy;
+    its own inverse (masks in model view go back through it)."""
+    return np.swapaxes(array, -1, -2) if config.transpose_slices else array
+
+
+def model_shape(shape: tuple[int, int], config: SAM2CTConfig) -> tuple[int, int]:
+    """A (rows, cols) slice shape as the model sees it (``model_view``)."""
+    rows, cols = shape
+    return (cols, rows) if config.transpose_slices else (rows, cols)
+
+
+def intensity_range(volume: np.ndarray, config: SAM2CTConfig) -> tuple[float, float]:
+    """The HU that map to 0 and 1: the window's bounds, or with ``config.volume_min_max`` the
+    minimum and maximum of the volume clipped to the window (as published)."""
     low, high = config.hu_window
+    if not config.volume_min_max:
+        return low, high
+    vmin, vmax = float(np.min(volume)), float(np.max(volume))
+    return min(max(vmin, low), high), min(max(vmax, low), high)
+
+
+def preprocess_slices(slices: np.ndarray | torch.Tensor, config: SAM2CTConfig,
+                      device: str | torch.device = "cpu",
+                      scale: tuple[float, float] | None = None) -> torch.Tensor:
+    """(n, rows, cols) HU -> (n, 3, S, S) float32 model input on ``device``.
+
+    HU are clipped to ``config.hu_window``, mapped from ``scale`` (the volume's
+    ``intensity_range``; default the window) to [0, 1], resized bilinearly, repeated to 3
+    channels and normalised with ImageNet's mean and std. A constant volume maps to 0.
+    """
+    low, high = config.hu_window
+    lo, hi = scale or (low, high)
     x = torch.as_tensor(np.asarray(slices, dtype=np.float32) if isinstance(slices, np.ndarray)
                         else slices, dtype=torch.float32, device=device)
     if x.ndim != 3:
         raise ValueError(f"Invalid 'slices' shape {tuple(x.shape)} - expected (n, rows, cols)")
-    x = ((x.clamp(low, high) - low) / (high - low)).unsqueeze(1)
+    x = ((x.clamp(low, high) - lo) / max(hi - lo, 1e-6)).unsqueeze(1)
     size = (config.image_size, config.image_size)
     if tuple(x.shape[-2:]) != size:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -47,12 +77,14 @@ def arrow_points(head: np.ndarray, tail: np.ndarray, distance: float) -> np.ndar
 
 def prompt_points(prompt: Prompt, shape: tuple[int, int], config: SAM2CTConfig
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """A prompt as ((N, 2) float coordinates, (N,) int labels) in the model input space.
+    """A prompt on a (rows, cols) slice as ((N, 2) float coordinates, (N,) int labels) in the
+    model input space (x, y swapped when the model sees slices transposed, ``model_view``).
 
     LINE / BIDIRECTIONAL: every end point gets label 4. ARROW: head 6, second point 5.
     ELLIPSE / CIRCLE / POLYGON: their bounding box as corners 2 and 3. POINT: label 1.
     """
-    pts = to_model_space(prompt.points, shape, config.image_size)
+    pts = prompt.points[:, ::-1] if config.transpose_slices else prompt.points
+    pts = to_model_space(pts, model_shape(shape, config), config.image_size)
     kind = prompt.kind
     if kind in (PromptKind.LINE, PromptKind.BIDIRECTIONAL):
         return pts, np.full(len(pts), PointLabel.LINE_END, dtype=np.int64)

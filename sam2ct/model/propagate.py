@@ -34,7 +34,14 @@ from sam2ct.model.memory import (
     encode_memory,
     gather_memories,
 )
-from sam2ct.model.preprocess import point_inputs, preprocess_slices
+from sam2ct.model.postprocess import native_masks
+from sam2ct.model.preprocess import (
+    intensity_range,
+    model_shape,
+    model_view,
+    point_inputs,
+    preprocess_slices,
+)
 
 STAGES = ("encode", "memory_attention", "decode", "memory_encode", "resample")
 
@@ -55,7 +62,8 @@ class StepOutput:
 
     multimask_logits: torch.Tensor  # (B, M, S/4, S/4)
     ious: torch.Tensor  # (B, M)
-    high_res_logits: torch.Tensor  # (B, 1, S, S), best mask
+    low_res_logits: torch.Tensor  # (B, 1, S/4, S/4), the mask chosen
+    high_res_logits: torch.Tensor  # (B, 1, S, S), the same upsampled (what memory encodes)
     object_score_logits: torch.Tensor  # (B, 1)
     memory: SliceMemory
     conditioned: torch.Tensor = field(repr=False)  # (B, C, H, W), what the memory encoder got
@@ -76,18 +84,19 @@ def _decode(model: SAM2Base, feats: SliceFeatures, conditioned: torch.Tensor,
             ) -> StepOutput:
     """Mask decoder on memory-conditioned features, then MCM memory encoding."""
     with record_function("sam2ct.decode"):
-        multi, _, ious, _, high, obj_ptr, score = model._forward_sam_heads(
+        multi, _, ious, low, high, obj_ptr, score = model._forward_sam_heads(
             backbone_features=conditioned, point_inputs=points, high_res_features=feats.high_res,
             multimask_output=multimask)
     with record_function("sam2ct.memory_encode"):
         mem_feat, mem_pos = encode_memory(model, conditioned, high, score, binarize)
-    return StepOutput(multi, ious, high, score, SliceMemory(mem_feat, mem_pos, obj_ptr),
+    return StepOutput(multi, ious, low, high, score, SliceMemory(mem_feat, mem_pos, obj_ptr),
                       conditioned)
 
 
 def prompt_step(model: SAM2Base, feats: SliceFeatures, points: dict[str, torch.Tensor],
                 config: SAM2CTConfig, multimask: bool = False) -> StepOutput:
-    """The prompted slice: no-memory features, decoder with the prompt (single mask)."""
+    """The prompted slice: no-memory features, decoder with the prompt (single mask, which the
+    decoder replaces by the best of three when unstable and ``config.stability_multimask``)."""
     conditioned = condition_features(model, feats.vision_feat, feats.vision_pos,
                                      feats.feat_size, None, [0], 1)
     binarize = config.binarize_prompt_mask_for_memory and not model.training
@@ -98,38 +107,45 @@ def track_step(model: SAM2Base, feats: SliceFeatures, banks: Sequence[MemoryBank
                indices: Sequence[int], num_slices: int,
                graphs: GraphCache | None = None) -> StepOutput:
     """Propagated slices (one per batch row): memory attention against each row's bank, then
-    the decoder without prompt. ``graphs`` replays captured CUDA graphs where it can."""
+    the decoder without prompt, as the banks' config says (``track_multimask``). ``graphs``
+    replays captured CUDA graphs where it can."""
+    multimask = banks[0].config.track_multimask
     with record_function("sam2ct.memory_attention"):
         memory, memory_pos, num_ptr = gather_memories(model, banks, indices, num_slices)
     if graphs is not None:
-        return _graphed_step(graphs, model, feats, memory, memory_pos, num_ptr)
-    return attend_and_decode(model, feats, memory, memory_pos, num_ptr)
+        return _graphed_step(graphs, model, feats, memory, memory_pos, num_ptr, multimask)
+    return attend_and_decode(model, feats, memory, memory_pos, num_ptr, multimask)
 
 
 def attend_and_decode(model: SAM2Base, feats: SliceFeatures, memory: torch.Tensor,
-                      memory_pos: torch.Tensor, num_ptr: int) -> StepOutput:
-    """The tracking step once its memories are gathered (what a CUDA graph captures)."""
+                      memory_pos: torch.Tensor, num_ptr: int, multimask: bool) -> StepOutput:
+    """The tracking step once its memories are gathered (what a CUDA graph captures).
+
+    ``multimask``: take the best of the decoder's three masks by predicted IoU (with its
+    pointer); else its single mask (and single-mask pointer), as published.
+    """
     with record_function("sam2ct.memory_attention"):
         conditioned = attend(model, feats.vision_feat, feats.vision_pos, feats.feat_size,
                              memory, memory_pos, num_ptr)
-    multimask = model.multimask_output_in_sam and model.multimask_output_for_tracking
     return _decode(model, feats, conditioned, None, multimask, False)
 
 
 def _graphed_step(graphs: GraphCache, model: SAM2Base, feats: SliceFeatures,
-                  memory: torch.Tensor, memory_pos: torch.Tensor, num_ptr: int) -> StepOutput:
+                  memory: torch.Tensor, memory_pos: torch.Tensor, num_ptr: int,
+                  multimask: bool) -> StepOutput:
     """``attend_and_decode`` through ``graphs``: tensors in, tensors out, rebuilt as a step."""
     def step(feat, pos, high0, high1, mem, mem_pos):
         out = attend_and_decode(model, SliceFeatures(feat, pos, feats.feat_size, [high0, high1]),
-                                mem, mem_pos, num_ptr)
-        return (out.multimask_logits, out.ious, out.high_res_logits, out.object_score_logits,
-                out.memory.features, out.memory.pos_enc, out.memory.obj_ptr, out.conditioned)
+                                mem, mem_pos, num_ptr, multimask)
+        return (out.multimask_logits, out.ious, out.low_res_logits, out.high_res_logits,
+                out.object_score_logits, out.memory.features, out.memory.pos_enc,
+                out.memory.obj_ptr, out.conditioned)
 
-    multi, ious, high, score, mem_feat, mem_pos_enc, obj_ptr, conditioned = graphs.run(
-        step, (feats.feat_size, num_ptr),
+    multi, ious, low, high, score, mem_feat, mem_pos_enc, obj_ptr, conditioned = graphs.run(
+        step, (feats.feat_size, num_ptr, multimask),
         [feats.vision_feat, feats.vision_pos, *feats.high_res, memory, memory_pos])
-    return StepOutput(multi, ious, high, score, SliceMemory(mem_feat, mem_pos_enc, obj_ptr),
-                      conditioned)
+    return StepOutput(multi, ious, low, high, score,
+                      SliceMemory(mem_feat, mem_pos_enc, obj_ptr), conditioned)
 
 
 _GRAPHS: weakref.WeakKeyDictionary[SAM2Base, GraphCache] = weakref.WeakKeyDictionary()
@@ -181,13 +197,16 @@ def slices_per_encode(config: SAM2CTConfig, device: torch.device) -> int:
 class ChunkedEncoder:
     """Encodes slices of a (z, rows, cols) HU volume in chunks, in the direction of travel.
 
-    ``ahead`` slices per image-encoder call (default ``slices_per_encode``). Each slice is
-    encoded once and leaves the cache when it is handed out.
+    Slices are seen as the model sees them (``model_view``) and scaled by the whole volume's
+    ``intensity_range``. ``ahead`` slices per image-encoder call (default
+    ``slices_per_encode``). Each slice is encoded once and leaves the cache when handed out.
     """
 
     def __init__(self, model: SAM2Base, volume: np.ndarray, config: SAM2CTConfig,
                  device: torch.device, ahead: int | None = None) -> None:
-        self.model, self.volume, self.config, self.device = model, volume, config, device
+        self.model, self.config, self.device = model, config, device
+        self.volume = model_view(volume, config)
+        self.scale = intensity_range(volume, config)
         self.ahead = ahead or slices_per_encode(config, device)
         self.cache: dict[int, SliceFeatures] = {}
         self.encoded = 0
@@ -199,7 +218,8 @@ class ChunkedEncoder:
             lo, hi = (index, min(n, index + size)) if direction >= 0 else \
                 (max(0, index - size + 1), index + 1)
             with record_function("sam2ct.encode"):
-                images = preprocess_slices(self.volume[lo:hi], self.config, self.device)
+                images = preprocess_slices(self.volume[lo:hi], self.config, self.device,
+                                           self.scale)
                 self.cache.update(zip(range(lo, hi), encode_images(self.model, images),
                                       strict=True))
             self.encoded += hi - lo
@@ -210,27 +230,32 @@ class ChunkedEncoder:
 class Propagation:
     """Native-grid masks of the visited slices, visiting order, and where each direction stopped.
 
-    ``propagate`` returns masks as numpy arrays (kept on the device until the end).
+    While it runs, ``logits`` holds each kept slice's low-resolution mask logits on the device;
+    ``finish`` turns them into ``masks``, boolean numpy arrays on the volume's grid.
     """
 
     masks: dict[int, np.ndarray]
     visited: list[int]
     stopped_at: dict[int, int | None]  # direction -> first empty slice (None: reached the end)
+    logits: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
-    def to_numpy(self) -> Propagation:
-        """Masks moved to the host as numpy arrays (one transfer at the end)."""
-        if self.masks:
-            keys = list(self.masks)
-            stacked = torch.stack([torch.as_tensor(self.masks[k]) for k in keys]).cpu().numpy()
+    def finish(self, shape: tuple[int, int], config: SAM2CTConfig) -> Propagation:
+        """Kept slices' logits -> native masks, in one batch and one transfer to the host."""
+        if self.logits:
+            keys = list(self.logits)
+            stacked = native_masks(torch.stack([self.logits[k] for k in keys]), shape, config)
             self.masks = dict(zip(keys, stacked, strict=True))
+            self.logits = {}
         return self
 
 
-def _native(high_res: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """(B, 1, S, S) logits -> boolean (B, rows, cols) masks on the native grid (same device)."""
+def _present(low_res: torch.Tensor, shape: tuple[int, int], config: SAM2CTConfig
+             ) -> torch.Tensor:
+    """(B, 1, h, w) logits -> (B,) whether each mask holds lesion on the native grid."""
     with record_function("sam2ct.resample"):
-        logits = F.interpolate(high_res.float(), size=shape, mode="bilinear", align_corners=False)
-        return logits[:, 0] > 0
+        logits = F.interpolate(low_res.float(), size=model_shape(shape, config),
+                               mode="bilinear", align_corners=False)
+        return (logits > 0).flatten(1).any(1)
 
 
 def looks_ahead(device: torch.device) -> bool:
@@ -245,11 +270,11 @@ def looks_ahead(device: torch.device) -> bool:
 
 @dataclass
 class _Step:
-    """One lockstep step in flight: which slices, their masks, and whether each holds lesion."""
+    """One lockstep step in flight: which slices, their logits, and whether each holds lesion."""
 
     directions: list[int]
     indices: list[int]
-    masks: torch.Tensor  # (B, rows, cols) bool, on the device
+    logits: torch.Tensor  # (B, 1, h, w) low-resolution, on the device
     present: torch.Tensor  # (B,) bool, on the device
 
 
@@ -258,15 +283,17 @@ def propagate(model: SAM2Base, volume: np.ndarray, coords: np.ndarray, labels: n
               ) -> Propagation:
     """Segment the lesion in 3D from labelled points on slice ``prompt_index``.
 
+    ``volume`` is (z, rows, cols) HU; ``coords`` in the model input space (``prompt_points``).
     Encode and decode the prompt slice, then propagate to higher and to lower indices, each
     direction stopping at its first empty mask and reaching slice 0 / the last slice when the
-    lesion does. Each direction has its own non-conditioning memories and shares only the prompt
-    memory, exactly as "clear, then propagate the other way"; the two run in lockstep as one
-    batch of two, which halves the sequential steps. ``lookahead`` (default ``looks_ahead``)
-    checks each step's mask after launching the next: the same computation (a slice launched
-    past a stop is dropped), though the step after one direction stops then runs the other in a
-    batch of two instead of one, so its values can differ in floating-point rounding. Call under
-    ``torch.inference_mode``.
+    lesion does. An empty prompt-slice mask stops the higher direction at once, while the lower
+    one still runs from the prompt memory, as the published code does. Each direction has its
+    own non-conditioning memories and shares only the prompt memory, exactly as "clear, then
+    propagate the other way"; the two run in lockstep as one batch of two, which halves the
+    sequential steps. ``lookahead`` (default ``looks_ahead``) checks each step's mask after
+    launching the next: the same computation (a slice launched past a stop is dropped), though
+    the step after one direction stops then runs the other in a batch of two instead of one, so
+    its values can differ in floating-point rounding. Call under ``torch.inference_mode``.
     """
     device = next(model.parameters()).device
     lookahead = looks_ahead(device) if lookahead is None else lookahead
@@ -274,15 +301,18 @@ def propagate(model: SAM2Base, volume: np.ndarray, coords: np.ndarray, labels: n
     encoder = ChunkedEncoder(model, volume, config, device)
     first = prompt_step(model, encoder.get(prompt_index, +1),
                         point_inputs(coords, labels, device), config)
-    result = Propagation({prompt_index: _native(first.high_res_logits, shape)[0]},
-                         [prompt_index], {})
-    if not result.masks[prompt_index].any():
-        return result.to_numpy()
+    result = Propagation({}, [prompt_index], {})
+    active = [+1, -1]
+    if bool(_present(first.low_res_logits, shape, config)[0]):
+        result.logits[prompt_index] = first.low_res_logits[0]
+    else:
+        result.stopped_at[+1] = prompt_index
+        active.remove(+1)
     banks = {d: MemoryBank(config) for d in (+1, -1)}
     for bank in banks.values():
         bank.set_prompt(prompt_index, first.memory)
     graphs = track_graphs(model, config)
-    active, pending, step = [+1, -1], None, 0
+    pending, step = None, 0
     while active:
         step += 1
         for d in [d for d in active if not 0 <= prompt_index + d * step < n]:
@@ -298,7 +328,7 @@ def propagate(model: SAM2Base, volume: np.ndarray, coords: np.ndarray, labels: n
             pending = None
     if pending is not None:
         _resolve_step(pending, result, active)
-    return result.to_numpy()
+    return result.finish(shape, config)
 
 
 def _launch_step(model: SAM2Base, encoder: ChunkedEncoder, banks: dict[int, MemoryBank],
@@ -314,8 +344,8 @@ def _launch_step(model: SAM2Base, encoder: ChunkedEncoder, banks: dict[int, Memo
     out = track_step(model, feats, [banks[d] for d in active], indices, n, graphs)
     for row, (d, index) in enumerate(zip(active, indices, strict=True)):
         banks[d].add(index, out.memory.row(row))
-    present = (out.high_res_logits > 0).flatten(1).any(1)
-    return _Step(list(active), indices, _native(out.high_res_logits, shape), present)
+    return _Step(list(active), indices, out.low_res_logits,
+                 _present(out.low_res_logits, shape, encoder.config))
 
 
 def _resolve_step(step: _Step, result: Propagation, active: list[int]) -> None:
@@ -333,4 +363,4 @@ def _resolve_step(step: _Step, result: Propagation, active: list[int]) -> None:
             if d in active:
                 active.remove(d)
             continue
-        result.masks[index] = step.masks[row]
+        result.logits[index] = step.logits[row]

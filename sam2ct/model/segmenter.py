@@ -20,7 +20,7 @@ from sam2ct.model.propagate import Propagation, propagate
 from sam2ct.prompts import Prompt
 
 logger = logging.getLogger(__name__)
-MODEL_VERSION = "1.0"  # our implementation of the published design
+MODEL_VERSION = "1.1"  # our implementation of the published design (1.1: its conventions)
 
 
 def default_device() -> str:
@@ -41,6 +41,10 @@ def _sam2_version() -> str:
 
 class SAM2CTSegmenter:
     """SAM2CT: arrow/line/box/point prompt on one slice -> 3D mask on the native grid.
+
+    Computes what the authors' published inference code computes for the same weights (the
+    conventions of ``SAM2CTConfig``), and goes beyond it where it falls short: slice 0 is
+    reached, and every mask comes back on the series' own grid and orientation.
 
     Load once per worker with ``from_checkpoint`` and reuse across series. Calls from several
     threads take turns: the CUDA graphs kept with the model have one set of buffers.
@@ -67,7 +71,8 @@ class SAM2CTSegmenter:
     def from_checkpoint(cls, path: Path, device: str | None = None,
                         config: SAM2CTConfig | None = None) -> SAM2CTSegmenter:
         """Load a checkpoint (published layout) on ``device`` (default: best available), with
-        the settings saved in it (input size, HU window, ...) unless ``config`` is given."""
+        the settings saved in it (input size, HU window, conventions; the published ones for
+        the authors' files) unless ``config`` is given."""
         model, report = load_sam2ct(Path(path), device or default_device(), config)
         return cls(model, config or SAM2CTConfig.from_dict(report.config), report)
 

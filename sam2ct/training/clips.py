@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from sam2ct.model.config import SAM2CTConfig
-from sam2ct.model.preprocess import point_inputs, preprocess_slices, prompt_points
+from sam2ct.model.preprocess import (
+    intensity_range,
+    model_view,
+    point_inputs,
+    preprocess_slices,
+    prompt_points,
+)
 from sam2ct.prompts import Prompt, PromptKind
 from sam2ct.simulate import simulate_prompt
 from sam2ct.training.data import LesionCase
@@ -50,7 +56,11 @@ def clip_slices(prompt_index: int, num_slices: int, length: int, direction: int)
 
 def make_clip(case: LesionCase, config: SAM2CTConfig, rng: np.random.Generator,
               length: int = 8, kinds: tuple[PromptKind, ...] = TRAIN_KINDS) -> Clip:
-    """A clip from ``case``: random lesion, simulated prompt of a random kind, random direction."""
+    """A clip from ``case``: random lesion, simulated prompt of a random kind, random direction.
+
+    Slices, targets and prompt points are what inference would feed the model for the same
+    prompt: the same orientation (``model_view``) and intensity scaling of the whole volume.
+    """
     lesion = pick_lesion(case.label, rng)
     kind = kinds[int(rng.integers(len(kinds)))]
     prompt = simulate_prompt(lesion, kind, case.spacing, rng)
@@ -59,8 +69,10 @@ def make_clip(case: LesionCase, config: SAM2CTConfig, rng: np.random.Generator,
     if len(slices) < 2:  # the prompt on the first/last slice: go the other way
         slices = clip_slices(prompt.slice_index, case.image.shape[0], length, -direction)
     coords, labels = prompt_points(prompt, case.image.shape[1:], config)
-    images = preprocess_slices(case.image[slices], config)
+    images = preprocess_slices(model_view(case.image, config)[slices], config,
+                               scale=intensity_range(case.image, config))
     size = (config.image_size, config.image_size)
-    masks = torch.as_tensor(lesion[slices], dtype=torch.float32).unsqueeze(1)
+    masks = torch.as_tensor(model_view(lesion, config)[slices],
+                            dtype=torch.float32).unsqueeze(1)
     targets = (F.interpolate(masks, size=size, mode="bilinear", align_corners=False) > 0.5)
     return Clip(images, targets[:, 0].float(), point_inputs(coords, labels), prompt, slices)

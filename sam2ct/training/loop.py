@@ -58,11 +58,14 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 def clip_loss(model: SAM2Base, clip: Clip, config: SAM2CTConfig,
               weights: LossWeights | None = None) -> dict[str, torch.Tensor]:
-    """Forward a clip as propagation does (prompt, then memory + MCM) and average the losses."""
+    """Forward a clip as propagation does (prompt, then memory + MCM) and average the losses.
+
+    Decoded as inference decodes (``prompt_step``, ``track_step`` with ``config``'s
+    conventions); the object-pointer positions follow ``config.pointer_tpos_frames``.
+    """
     weights = weights or LossWeights()
     feats = encode_images(model, clip.images)
-    multimask = model._use_multimask(True, clip.points)
-    outs = [prompt_step(model, feats[0], clip.points, config, multimask=multimask)]
+    outs = [prompt_step(model, feats[0], clip.points, config)]
     bank = MemoryBank(config)
     bank.set_prompt(0, outs[0].memory)
     for t in range(1, len(feats)):
