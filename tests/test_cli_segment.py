@@ -62,6 +62,38 @@ def test_line_gsps_becomes_a_valid_seg_matching_the_truth(synth_dir, tmp_path, c
     assert 0 < segment["short_axis_mm"] <= segment["long_axis_mm"]
 
 
+def test_a_sam2ct_checkpoint_writes_valid_segs(synth_dir, tmp_path, capsys):
+    """Published conventions, the deterministic conformance weights (their masks are not empty):
+    every SEG and the algorithm it names pass dciodvfy and read back on the series."""
+    import torch
+    from conformance_cases import parity_weights
+    from conftest import shared
+
+    from sam2ct.model import SAM2CTConfig, build_sam2ct, save_checkpoint
+
+    weights = parity_weights(shared("../tools"))
+    config = SAM2CTConfig(image_size=128)
+    model = build_sam2ct(config)
+    model.load_state_dict(weights.fill(model.state_dict()))
+    checkpoint = save_checkpoint(tmp_path / "sam2ct.pt", model, config)
+    study = _study(synth_dir)
+    gsps = [synth_dir / g["file"] for g in study["gsps"][:3]]
+    torch.set_num_threads(1)
+    code = main(["segment", "--series", str(synth_dir / study["ct_dir"]), "--gsps",
+                 *map(str, gsps), "--out", str(tmp_path / "out"), "--model", str(checkpoint),
+                 "--device", "cpu", "--catalog", _catalog(tmp_path)])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0
+    ok = [s for s in doc["segments"] if s["status"] == "ok"]
+    assert ok and {s["seg_path"] for s in ok}
+    volume = load_series(synth_dir / study["ct_dir"])
+    for seg_path in {Path(s["seg_path"]) for s in ok}:
+        assert dciodvfy_errors(seg_path) == []
+        assert all(m.shape == volume.array.shape and m.any()
+                   for m in read_seg_masks(seg_path, volume).values())
+    assert {row.model_name for row in query_rows(make_engine(_catalog(tmp_path)))} == {"sam2ct"}
+
+
 def test_rerun_writes_the_same_files_and_adds_no_rows(synth_dir, tmp_path, capsys):
     gsps = [synth_dir / g["file"] for g in _study(synth_dir)["gsps"][:3]]
     _, first = _segment(synth_dir, gsps, tmp_path, capsys)
