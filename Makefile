@@ -23,17 +23,18 @@ system-packages:
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# torch first: 2.14.1 lies in the local cache; sam2 builds against it.
-	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	# torch first (its pin lies in the local cache), then sam2 built against it, then the
+	# project: the pins are pyproject.toml's (deploy/pins.py reads them).
+	$(PIP) install -q $$($(PYTHON) deploy/pins.py torch torchvision)
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation $$($(PYTHON) deploy/pins.py sam2)
 	$(PIP) install -q -e '.[test]'
-	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation sam2==1.1.0
 	touch $(STAMP)
 
 demo: setup
 	$(VENV)/bin/sam2ct demo --workdir $(DEMO_DIR)
 
 lint: setup
-	$(VENV)/bin/ruff check flows sam2ct dicom_io db tests bench
+	$(VENV)/bin/ruff check flows sam2ct dicom_io db tests bench deploy
 
 test: setup lint
 	$(VENV)/bin/pytest -q -rs --durations=15

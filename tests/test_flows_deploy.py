@@ -141,3 +141,25 @@ def test_harvest_window_is_a_flow_option_and_cli_flag(tmp_path, capsys):
                  "--harvest-window", "25:00-07:00"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "harvest_window" in err[0]
+
+
+def test_torch_torchvision_and_sam2_are_pinned_once_in_pyproject():
+    """The Makefile and both Dockerfiles install them first, by asking deploy/pins.py for
+    pyproject.toml's pins; none of them writes a version of its own."""
+    import importlib.metadata
+    import sys
+
+    out = subprocess.run([sys.executable, str(REPO / "deploy" / "pins.py"), "torch",
+                          "torchvision", "sam2"], capture_output=True, text=True, check=True)
+    pins = dict(p.split("==") for p in out.stdout.split())
+    assert set(pins) == {"torch", "torchvision", "sam2"}
+    for name, version in pins.items():  # what make installed is what pyproject declares
+        assert importlib.metadata.version(name).split("+")[0] == version
+    for path in ("Makefile", "deploy/Dockerfile.cpu", "deploy/Dockerfile.cuda"):
+        text = (REPO / path).read_text()
+        assert "deploy/pins.py torch torchvision" in text and "deploy/pins.py sam2" in text
+        assert not any(f"{name}==" in text for name in pins), path
+    bad = subprocess.run([sys.executable, str(REPO / "deploy" / "pins.py"), "tensorflow"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "tensorflow is not a dependency" in bad.stderr
+    assert not list(REPO.glob("*.whl"))
