@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from dicom_io.errors import DicomInputError
 from dicom_io.gsps import (
@@ -192,11 +193,7 @@ def _measure(result: SegmentResult, mask: np.ndarray, volume: Volume) -> None:
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     """The smallest (slices, rows, columns) box holding every voxel of a non-empty 3D mask."""
-    slices = np.flatnonzero(mask.any(axis=(1, 2)))
-    plane = mask[slices[0]:slices[-1] + 1].any(axis=0)
-    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
-    return (slice(int(slices[0]), int(slices[-1]) + 1), slice(int(rows[0]), int(rows[-1]) + 1),
-            slice(int(cols[0]), int(cols[-1]) + 1))
+    return ndimage.find_objects(mask.astype(np.uint8))[0]
 
 
 def _write_outputs(volume: Volume, kept: list, algorithm: AlgorithmSpec, out_dir: Path) -> None:

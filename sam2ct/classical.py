@@ -33,8 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import median_abs_deviation
 from skimage.draw import polygon as fill_polygon
 from skimage.measure import regionprops
+from skimage.morphology import disk, remove_small_holes
 from skimage.segmentation import random_walker
 from skimage.transform import downscale_local_mean
 
@@ -279,7 +281,7 @@ def _arrow_geometry(head: np.ndarray, tail: np.ndarray, image: np.ndarray, scale
         if len(behind) else None
     tissue = near[near > p.tissue_hu] if np.count_nonzero(near > p.tissue_hu) >= 3 else near
     mu = float(np.median(tissue))
-    spread = 1.4826 * float(np.median(np.abs(tissue - mu)))
+    spread = float(median_abs_deviation(tissue, scale="normal"))
     half = max(p.arrow_min_band_hu, p.band_sigmas * spread)
     narrow = min(half, max(0.5 * abs(mu - outside), p.min_contrast_hu)) \
         if outside is not None else half  # the band stops half-way to the outside intensity
@@ -356,8 +358,8 @@ def _arrow_scale(head: np.ndarray, d: np.ndarray, band: np.ndarray, at: np.ndarr
     half = int(np.ceil(max_mm / float(scale.min()))) + 2
     lo = np.maximum(np.round(head).astype(int) - half, 0)
     hi = np.minimum(np.round(head).astype(int) + half + 1, band.shape)
-    window = _fill_small_holes(ndimage.binary_closing(band[lo[0]:hi[0], lo[1]:hi[1]]),
-                               p.arrow_max_hole_mm ** 2 / float(np.prod(scale)))
+    window = remove_small_holes(ndimage.binary_closing(band[lo[0]:hi[0], lo[1]:hi[1]]),
+                                max_size=_max_hole_pixels(scale, p))
     at = at - lo
     at = at[np.all((at >= 0) & (at < window.shape), axis=1)]
     rows, cols = np.mgrid[: window.shape[0], : window.shape[1]]
@@ -404,12 +406,19 @@ def _ray(origin: np.ndarray, d: np.ndarray, t_mm: np.ndarray, scale: np.ndarray,
     return ray[:stop]
 
 
+def _max_hole_pixels(scale: np.ndarray, p: ClassicalParams) -> int:
+    """The largest hole filled in a region (a lesion's cavity), in pixels. Not the big ones:
+    filling those turned a juxtapleural lesion's chest wall, with the lung inside it, into one
+    12 cm 'lesion' (a +2500 % volume leak)."""
+    return int(p.arrow_max_hole_mm ** 2 / float(np.prod(scale)))
+
+
 def _region_at(band: np.ndarray, at: np.ndarray, scale: np.ndarray,
                p: ClassicalParams) -> np.ndarray:
     """The in-band component at ``at``, small holes filled, thin bridges to neighbours opened."""
     closed = ndimage.binary_closing(band, iterations=1)
-    filled = _fill_small_holes(closed, p.arrow_max_hole_mm ** 2 / float(np.prod(scale)))
-    opened = ndimage.binary_opening(filled, structure=_disc(
+    filled = remove_small_holes(closed, max_size=_max_hole_pixels(scale, p))
+    opened = ndimage.binary_opening(filled, structure=disk(
         max(1, int(round(p.arrow_opening_mm / float(scale.min()))))))
     for candidate in (opened, filled):
         labels, _ = ndimage.label(candidate)
@@ -417,18 +426,6 @@ def _region_at(band: np.ndarray, at: np.ndarray, scale: np.ndarray,
         if hit.any():
             return labels == hit[hit > 0][0]
     return np.zeros(band.shape, dtype=bool)
-
-
-def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
-    """``mask`` with its holes of at most ``max_area`` pixels filled (a lesion's cavity), not the
-    big ones: filling those turned a juxtapleural lesion's chest wall, with the lung inside it,
-    into one 12 cm 'lesion' (a +2500 % volume leak)."""
-    holes, n = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
-    if n == 0:
-        return mask
-    small = np.bincount(holes.ravel(), minlength=n + 1) <= max_area
-    small[0] = False
-    return mask | small[holes]
 
 
 # --- crop and priors -----------------------------------------------------------------------------
@@ -462,7 +459,7 @@ def _intensity(image: np.ndarray, core: np.ndarray, p: ClassicalParams) -> tuple
         raise ValueError("Invalid prompt - it covers no voxel of the image")
     hu = image[core[:, 0], core[:, 1]]
     mu = float(np.median(hu))
-    sigma = 1.4826 * float(np.median(np.abs(hu - mu)))
+    sigma = float(median_abs_deviation(hu, scale="normal"))
     return mu, max(sigma, p.min_sigma_hu)
 
 
@@ -566,7 +563,7 @@ def _propagate(rough: np.ndarray, z0: int, seed: np.ndarray, spacing: tuple[floa
     out = np.zeros(rough.shape, dtype=bool)
     out[z0] = first = ndimage.binary_fill_holes(largest_component(rough[z0] | seed))
     minimum = max(p.min_slice_fraction * float(first.sum()), 3.0)
-    reach = _disc(max(1, int(round(p.step_dilation_mm / min(plane)))))
+    reach = disk(max(1, int(round(p.step_dilation_mm / min(plane)))))
     for step in (1, -1):
         prev, z = first, z0 + step
         while 0 <= z < rough.shape[0]:
@@ -579,11 +576,6 @@ def _propagate(rough: np.ndarray, z0: int, seed: np.ndarray, spacing: tuple[floa
             out[z] = prev = cur
             z += step
     return out
-
-
-def _disc(radius: int) -> np.ndarray:
-    r = np.arange(-radius, radius + 1)
-    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2
 
 
 def _components_touching(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.charset import default_encoding
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -279,7 +279,8 @@ def _reference_series(seg: hd.seg.Segmentation, headers: list[Dataset]) -> None:
     correct_ambiguous_vr(seg, True)
     for raw in _encoded_references(series_uid, images):
         seg[raw.tag] = raw
-    seg.set_original_encoding(False, True, seg._character_set)
+    seg.set_original_encoding(False, True,
+                              convert_encodings(seg.get("SpecificCharacterSet") or "ISO_IR 6"))
 
 
 def _references(series_uid: str, images: tuple[tuple[str, str], ...]) -> tuple[list, list]:
