@@ -26,6 +26,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from dicom_io.errors import DicomInputError
+from dicom_io.files import atomic_path, write_atomic
 
 
 class Action(enum.StrEnum):
@@ -204,10 +205,7 @@ class UidMapper:
         """The key stored at ``path``, created (random, 32 bytes) the first time."""
         path = Path(path)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(os.urandom(32))
-            os.replace(tmp, path)
+            write_atomic(path, os.urandom(32))
         return cls(path.read_bytes())
 
 
@@ -278,8 +276,6 @@ def deidentify_file(source: Path, target: Path, deidentifier: Deidentifier) -> P
                               f"{e}") from e
     deidentifier.apply(ds)
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
     return target

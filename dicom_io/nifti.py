@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from dicom_io.files import atomic_path
 
 
 def to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
@@ -37,12 +38,10 @@ def affine_of(image: sitk.Image) -> np.ndarray:
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
     """Write ``array`` (slices, rows, columns) as NIfTI; to a temporary name first, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if array.dtype == bool:
         array = array.astype(np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    sitk.WriteImage(to_sitk(array, affine), str(tmp), useCompression=True)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        sitk.WriteImage(to_sitk(array, affine), str(tmp), useCompression=True)
     return path
 
 

@@ -20,6 +20,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from dicom_io.files import write_text_atomic
+
 #: Previews embedded in the Markdown artifact (each a small PNG as a data URI).
 MAX_PREVIEWS = 12
 
@@ -140,8 +142,4 @@ def write_html_report(path: Path, summary: RunSummary, title: str = "SAM2CT harv
             f"</head><body><h1>{html.escape(title)}</h1><p>window {summary.window_start} .. "
             f"{summary.window_end}, PACS {html.escape(summary.pacs)}</p>{warning}"
             f"<table>{rows}</table><h2>Segmentations</h2>{''.join(figures)}</body></html>\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, page)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
+from sam2ct.files import replaced_on_success
 from sam2ct.metrics import evaluate
 from sam2ct.prompts import PromptKind
 from sam2ct.segmenter import Segmenter
@@ -262,12 +262,10 @@ def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary name beside ``path``, then rename it into place."""
+    """Write ``text`` (UTF-8) whole or not at all."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with replaced_on_success(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

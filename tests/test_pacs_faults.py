@@ -26,6 +26,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from dicom_io.files import TEMP_GLOB
 from dicom_io.pacs import (
     AssociationRejectedError,
     Backoff,
@@ -67,7 +68,7 @@ def _assert_identical(staging: Path, originals) -> None:
     for path in _staged(staging):
         got = payload(path)
         assert got == payload(by_uid[got.SOPInstanceUID])
-    assert not list(staging.rglob("*.part"))
+    assert not list(staging.rglob(TEMP_GLOB))
 
 
 def test_pacs_not_running(local, tmp_path: Path) -> None:
@@ -184,7 +185,7 @@ def test_write_error_in_staging(orthanc, local, corpus, tmp_path, method) -> Non
     assert report.received == 0 and len(report.missing) == 3
     # every delivery was refused (Orthanc's C-MOVE stops at the first refusal) and retried once
     assert report.attempts == 2 and report.failed >= 2 and len(report.errors) == 2
-    assert _staged(tmp_path) == [] and not list(tmp_path.rglob("*.part"))
+    assert _staged(tmp_path) == [] and not list(tmp_path.rglob(TEMP_GLOB))
     (tmp_path / study.study_uid).unlink()
     again = retrieve(pacs, local, tmp_path, study.study_uid, study.ct_series_uid, method=method)
     assert again.complete and again.received == 3

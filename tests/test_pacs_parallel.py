@@ -16,6 +16,7 @@ import pytest
 from conftest import dciodvfy_errors, free_port, shared
 from pacs_peers import GSPS_SOURCES, OUR_AET, OrthancPeer, make_study, payload
 
+from dicom_io.files import TEMP_GLOB
 from dicom_io.pacs import Backoff, PacsSettings, find_instances, retrieve, staged_path
 from dicom_io.pacs.retrieve import MIN_PART
 
@@ -109,7 +110,7 @@ def _assert_staged_identical(staging: Path, study) -> None:
         staged = staged_path(staging, study.study_uid, sent.SeriesInstanceUID,
                              sent.SOPInstanceUID)
         assert payload(staged.read_bytes()) == sent
-    assert not list(staging.rglob("*.part"))
+    assert not list(staging.rglob(TEMP_GLOB))
 
 
 @pytest.mark.parametrize("method", ["get", "move"])

@@ -15,6 +15,7 @@ import pytest
 from conftest import shared
 from pacs_peers import payload
 
+from dicom_io.files import TEMP_GLOB
 from dicom_io.pacs import (
     PacsSettings,
     QueryLevel,
@@ -99,7 +100,7 @@ def test_retrieval_is_bit_identical(peer, local, corpus, tmp_path: Path, method)
         assert got.SOPInstanceUID == want.SOPInstanceUID
         assert got.PixelData == want.PixelData
         assert got == want  # every element of the dataset payload
-    assert not list(tmp_path.rglob("*.part"))
+    assert not list(tmp_path.rglob(TEMP_GLOB))
 
 
 def test_retrieve_whole_study_with_gsps(peer, local, corpus, tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ from dicom_io.pacs import (
     staged_path,
 )
 from dicom_io.pacs.association import check_harvest_window, drop_standard_log_handlers
-from dicom_io.pacs.storage import write_atomic
 
 
 def test_parse_address() -> None:
@@ -144,14 +143,3 @@ def test_staged_path_refuses_unsafe_uids(tmp_path: Path) -> None:
     for bad in ("../etc", "1.2/3", "", "1." + "2" * 70):
         with pytest.raises(ValueError, match="not a DICOM UID"):
             staged_path(tmp_path, bad, "1.2", "1.3")
-
-
-def test_write_atomic_leaves_no_partial_file(tmp_path: Path) -> None:
-    target = tmp_path / "a" / "b.dcm"
-    write_atomic(target, b"data")
-    assert target.read_bytes() == b"data"
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.raises(OSError):
-        write_atomic(blocker / "c.dcm", b"data")
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b.dcm", "file"]

@@ -20,6 +20,7 @@ from pynetdicom import evt
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.sop_class import Verification
 
+from dicom_io.files import TEMP_GLOB
 from dicom_io.pacs import LocalAE, PacsSettings, StorageSCP, StoreOutcome, staged_path, store_files
 from dicom_io.pacs.association import build_context, open_association
 from dicom_io.pacs.settings import Backoff
@@ -83,7 +84,7 @@ def test_series_folder_removed_between_deliveries(corpus, tmp_path: Path) -> Non
     staged = staged_path(staging, study.study_uid, study.ct_series_uid,
                          payload(second).SOPInstanceUID)
     assert payload(staged.read_bytes()) == payload(second)
-    assert not list(folder.glob(".*.part"))
+    assert not list(folder.glob(TEMP_GLOB))
 
 
 def test_two_series_in_parallel_stores(corpus, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 from db.export.cases import Case
 from db.export.manifest import ManifestRow
 from dicom_io.deid import Deidentifier, UidMapper, deidentify_file
+from dicom_io.files import atomic_path
 from dicom_io.volume import Volume
 
 
@@ -40,7 +40,5 @@ def write_case_files(case: Case, volume: Volume, ct_dir: Path, seg_dir: Path,
 
 
 def _copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from dicom_io.files import write_text_atomic
 
 MANIFEST_NAME = "manifest.csv"
 
@@ -52,6 +53,4 @@ class Manifest:
         writer.writeheader()
         for r in sorted(self.rows.values(), key=lambda r: r.case_id):
             writer.writerow(asdict(r))
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(buffer.getvalue())
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, buffer.getvalue())

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from db.export.manifest import ManifestRow
+from dicom_io.files import write_text_atomic
 
 DATALIST_NAME = "datalist.json"
 _SECTIONS = {"train": "training", "val": "validation", "test": "test"}
@@ -26,7 +26,4 @@ class MonaiLayout:
         for row in sorted(rows, key=lambda r: r.case_id):
             document[_SECTIONS[row.split]].append({"image": row.image, "label": row.label,
                                                    "case_id": row.case_id})
-        path = out / DATALIST_NAME
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(document, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(out / DATALIST_NAME, json.dumps(document, indent=2) + "\n")

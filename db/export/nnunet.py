@@ -7,11 +7,11 @@ nnU-Net reads when copied to its preprocessed folder.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from db.export.manifest import ManifestRow
+from dicom_io.files import write_text_atomic
 
 FILE_ENDING = ".nii.gz"
 
@@ -37,6 +37,4 @@ class NnUNetLayout:
 
 
 def _write_json(path: Path, document: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")

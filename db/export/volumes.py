@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import SimpleITK as sitk
 
 from db.export.cases import Case, SegmentRef
 from dicom_io.errors import DicomInputError
+from dicom_io.files import atomic_path
 from dicom_io.nifti import to_sitk
 from dicom_io.seg import read_seg_masks
 from dicom_io.volume import Volume, load_series
@@ -42,10 +42,8 @@ def read_label(volume: Volume, segments: Sequence[SegmentRef]) -> np.ndarray:
 
 def write_nifti(array: np.ndarray, volume: Volume, path: Path) -> Path:
     """Write an array on the volume's grid as NIfTI (temp name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    sitk.WriteImage(to_sitk(array, volume.affine), str(tmp), True, _NIFTI_GZIP_LEVEL)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        sitk.WriteImage(to_sitk(array, volume.affine), str(tmp), True, _NIFTI_GZIP_LEVEL)
     return path
 
 

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 import struct
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -53,6 +51,7 @@ from pynetdicom import (
 )
 from pynetdicom.sop_class import Verification
 
+from dicom_io.files import write_atomic
 from dicom_io.pacs.association import ack_at_once, drop_log_handlers_on_establish
 from dicom_io.pacs.settings import LocalAE
 
@@ -92,24 +91,6 @@ def staged_path(staging: Path, study_uid: str, series_uid: str, sop_uid: str) ->
     return staging / study_uid / series_uid / f"{sop_uid}.dcm"
 
 
-def write_atomic(path: Path, *chunks: bytes, make_parents: bool = True) -> None:
-    """Write ``chunks`` one after the other to a temporary file beside ``path``, then rename it
-    into place. ``make_parents=False`` skips creating the folder (the caller knows it exists).
-    """
-    if make_parents:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress_oserror():
-            os.unlink(tmp)
-        raise
-
-
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
@@ -141,14 +122,6 @@ def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
     if vr == b"OB":
         return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
     return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
-
-
-@contextmanager
-def _suppress_oserror() -> Iterator[None]:
-    try:
-        yield
-    except OSError:
-        pass
 
 
 class Tally:
@@ -348,4 +321,4 @@ class StorageSCP:
 
 
 __all__ = ["Delivery", "StagingWriter", "StorageSCP", "StoreOutcome", "Tally",
-           "file_meta_bytes", "staged_path", "write_atomic"]
+           "file_meta_bytes", "staged_path"]

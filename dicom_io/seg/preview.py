@@ -10,7 +10,6 @@ PosixPath('out/previews/seg-1.png')
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from dicom_io.files import atomic_path
 from dicom_io.volume import Volume
 
 # Context kept around the lesion and prompt: a fraction of their extent, at least this many voxels.
@@ -198,12 +198,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _save(image: Image.Image, path: Path) -> Path:
-    """Write to a temporary PNG in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Write the PNG whole or not at all."""
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

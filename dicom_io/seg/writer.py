@@ -11,7 +11,6 @@ Example
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -32,6 +31,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import generate_uid
 
 from dicom_io.errors import DicomInputError
+from dicom_io.files import atomic_path
 from dicom_io.seg.content import AlgorithmSpec, SegmentSpec
 from dicom_io.volume import Volume
 
@@ -335,12 +335,7 @@ def _description(
 
 
 def _save(seg: hd.seg.Segmentation, path: Path) -> Path:
-    """Write to a temporary name in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Write the SEG whole or not at all."""
+    with atomic_path(path) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

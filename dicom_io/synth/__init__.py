@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
+from dicom_io.files import write_text_atomic
 from dicom_io.synth.annotate import annotate_image
 from dicom_io.synth.gsps_writer import EXPECTED_KINDS, Encoding
 from dicom_io.synth.study import StudySpec, make_study
@@ -51,7 +51,5 @@ def make_studies(out: Path, studies: int, seed: int, size: int = 512, slices: in
     entries = [make_study(out, StudySpec(i, seed, size, slices, start_date + dt.timedelta(days=i)))
                for i in range(studies)]
     manifest = out / "manifest.json"
-    tmp = manifest.with_name(f".{manifest.name}.tmp")
-    tmp.write_text(json.dumps({"seed": seed, "studies": entries}, indent=2) + "\n")
-    os.replace(tmp, manifest)
-    return manifest
+    return write_text_atomic(manifest, json.dumps({"seed": seed, "studies": entries},
+                                                  indent=2) + "\n")

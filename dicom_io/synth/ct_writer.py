@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
+from dicom_io.files import atomic_path
 from dicom_io.synth.phantom import Grid
 
 RESCALE_INTERCEPT = -1024.0
@@ -91,10 +91,8 @@ def patient_study_attributes(ds: Dataset, info: StudyInfo) -> None:
 
 def save(ds: Dataset, path: Path) -> Path:
     """Write ``ds`` as a DICOM file: to a temporary name in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
     return path
 
 

@@ -9,6 +9,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from dicom_io.files import write_atomic, write_text_atomic
 from flows.cli.db import add_catalog_argument, catalog_url
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -124,7 +125,7 @@ def _emit(frame, fmt: str, out: Path | None) -> None:
         if out is None:
             sys.stdout.buffer.write(buffer.getvalue())
         else:
-            _atomic_write(out, buffer.getvalue())
+            write_atomic(out, buffer.getvalue())
         return
     if fmt == "csv":
         text = frame.to_csv(index=False)
@@ -139,14 +140,4 @@ def _write_text(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
     else:
-        _atomic_write(out, text.encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+        write_text_atomic(out, text)

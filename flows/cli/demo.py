@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from dicom_io.files import write_text_atomic
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
@@ -60,9 +62,7 @@ def _load(pacs, root: Path, manifest: dict, local) -> None:
     report = store_files(PacsSettings.parse(pacs.address), local, files)
     if not report.ok:
         raise CommandError(f"embedded PACS refused {len(report.failed)} of {len(files)} files")
-    tmp = marker.with_name(".loaded.json.tmp")
-    tmp.write_text(json.dumps({"files": len(files)}))
-    os.replace(tmp, marker)
+    write_text_atomic(marker, json.dumps({"files": len(files)}))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 from sam2.modeling.sam2_base import SAM2Base
 
+from sam2ct.files import replaced_on_success
 from sam2ct.model.build import build_sam2ct
 from sam2ct.model.config import NUM_POINT_LABELS, SAM2_POINT_LABELS, SAM2CTConfig
 
@@ -166,12 +166,10 @@ def save_checkpoint(path: Path, model: SAM2Base, config: SAM2CTConfig | None = N
     ``config`` is stored under ``sam2ct_config``; ``extra`` entries (optimizer, step) beside it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     if config is not None:
         data[CONFIG_KEY] = config.to_dict()
     data.update(extra)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    with replaced_on_success(path) as tmp:
+        torch.save(data, tmp)
     return path
