@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_io.errors import DicomInputError
@@ -24,6 +25,28 @@ class SliceSource:
     sop_class_uid: str
     path: Path
     frame_number: int | None = None  # 1-based, only for multi-frame images
+
+
+@dataclass(frozen=True)
+class SeriesFacts:
+    """What a catalog keeps of a CT series' header, read from its first slice."""
+
+    patient_id: str
+    study_date: str  # DA as stored ("" when absent)
+    modality: str
+    body_part: str | None
+    manufacturer: str | None
+
+
+def read_series_facts(volume: Volume) -> SeriesFacts:
+    """The header facts of ``volume``'s first slice (pixel data not read)."""
+    ds = pydicom.dcmread(volume.slices[0].path, stop_before_pixels=True)
+
+    def text(keyword: str) -> str:
+        return str(ds.get(keyword, "") or "")
+
+    return SeriesFacts(text("PatientID"), text("StudyDate"), text("Modality") or "CT",
+                       text("BodyPartExamined") or None, text("Manufacturer") or None)
 
 
 @dataclass(frozen=True)

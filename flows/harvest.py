@@ -35,6 +35,7 @@ from db import Recorder
 from db.models import HarvestRun
 from db.queries import recorded_presentation_states
 from db.records import FailureRecord, HarvestRunRecord, RunStatus, Stage
+from dicom_io.gsps import GspsTarget, read_target
 from dicom_io.pacs import InstanceMatch, PacsError
 from flows.artifacts import Progress, RunSummary, publish_summary
 from flows.options import HarvestOptions, resolve_window, window_bounds
@@ -42,12 +43,10 @@ from flows.segment_flow import SeriesJob, SeriesOutcome, catalog_engine, segment
 from flows.segment_jobs import SegmentWorkers, default_workers, prepare_workers
 from flows.settings import Settings
 from flows.tasks import (
-    GspsTarget,
     PacsSlots,
     discover,
     ensure_pacs_limits,
     pacs_slots,
-    parse_target,
     retrieve_gsps,
     retrieve_series,
     storage_scp,
@@ -217,7 +216,7 @@ def _jobs(run: _Run, gsps_paths: list[str]) -> list[SeriesJob]:
     shared: dict[str, list[str]] = {}
     for path in gsps_paths:
         try:
-            target: GspsTarget = parse_target(path)
+            target: GspsTarget = read_target(path)
         except ITEM_ERRORS as exc:
             run.fail(Stage.PARSE, path.rsplit("/", 1)[-1].removesuffix(".dcm"), exc)
             continue

@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 
-import pydicom
-
 from db.records import (
     AnnotationRecord,
     PresentationStateRecord,
@@ -23,7 +21,7 @@ from db.records import (
 )
 from dicom_io.gsps import Annotation, AnnotationKind, locate
 from dicom_io.seg import AlgorithmSpec
-from dicom_io.volume import Volume
+from dicom_io.volume import Volume, read_series_facts
 from flows.pipeline import ParsedGsps, SegmentResult
 
 TEXT_ONLY = "text annotation: not a prompt"
@@ -38,14 +36,13 @@ def _study_date(value: str) -> date | None:
 
 def series_records(volume: Volume, series_dir: Path) -> tuple[StudyRecord, SeriesRecord]:
     """Study and series facts from the first slice's header (patient ID goes to the pseudonym)."""
-    ds = pydicom.dcmread(volume.slices[0].path, stop_before_pixels=True)
-    study = StudyRecord(volume.study_instance_uid, str(ds.get("PatientID", "") or ""),
-                        _study_date(str(ds.get("StudyDate", "") or "")))
+    facts = read_series_facts(volume)
+    study = StudyRecord(volume.study_instance_uid, facts.patient_id,
+                        _study_date(facts.study_date))
     series = SeriesRecord(
-        volume.series_instance_uid, volume.study_instance_uid, str(ds.get("Modality", "CT")),
-        str(ds.get("BodyPartExamined", "") or "") or None, len(volume.slices),
-        tuple(round(s, 4) for s in volume.spacing),  # type: ignore[arg-type]
-        str(ds.get("Manufacturer", "") or "") or None, str(series_dir))
+        volume.series_instance_uid, volume.study_instance_uid, facts.modality, facts.body_part,
+        len(volume.slices), tuple(round(s, 4) for s in volume.spacing),  # type: ignore[arg-type]
+        facts.manufacturer, str(series_dir))
     return study, series
 
 

@@ -18,17 +18,13 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.tasks import exponential_backoff
 
-from dicom_io.errors import DicomInputError
-from dicom_io.gsps import drawn_series
 from dicom_io.pacs import (
     InstanceMatch,
     PacsError,
@@ -263,39 +259,6 @@ def _retrieve(options: HarvestOptions, study_uid: str, series_uid: str,
         raise SeriesNotFoundError(f"PACS {options.pacs_aet} holds no instance of series "
                                   f"{series_uid} (study {study_uid})")
     report.raise_if_incomplete()
-
-
-@dataclass(frozen=True)
-class GspsTarget:
-    """Which study and CT series one staged GSPS is drawn on (the first series first)."""
-
-    gsps_path: str
-    gsps_sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uids: tuple[str, ...]
-
-    @property
-    def series_instance_uid(self) -> str:
-        """The first series drawn on (annotations on no drawn series belong to it)."""
-        return self.series_instance_uids[0]
-
-
-def parse_target(gsps_path: str) -> GspsTarget:
-    """Read the GSPS header: the CT series it is drawn on. Raises DicomInputError.
-
-    A plain function, not a task: reading one header takes milliseconds, a task run more.
-    """
-    name = Path(gsps_path).name
-    try:
-        ds = pydicom.dcmread(gsps_path, stop_before_pixels=True)
-        series = drawn_series(ds)
-        target = GspsTarget(gsps_path, str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), series)
-    except (OSError, AttributeError, pydicom.errors.InvalidDicomError) as e:
-        raise DicomInputError(f"GSPS {name}: no referenced series ({type(e).__name__})") from e
-    if not series:
-        raise DicomInputError(f"GSPS {name}: no referenced series (Referenced Series Sequence "
-                              "is empty)")
-    return target
 
 
 @task(name="store-segs", **NETWORK)

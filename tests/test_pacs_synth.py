@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 from pacs_peers import payload
 
-from dicom_io.pacs import PacsSettings, discover_gsps, harvest_window, store_files
+from dicom_io.gsps import read_target
+from dicom_io.pacs import PacsSettings, discover_gsps, retrieve, staged_path, store_files
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["pacs_fixtures"]  # fixtures: corpus, local, orthanc, qrscp, peer
@@ -42,23 +44,40 @@ def test_discovery_matches_the_manifest(peer, local, synth) -> None:
     assert {g.sop_instance_uid for g in found} == want and len(found) == len(want)
 
 
-def test_harvest_window_brings_only_referenced_series(peer, local, synth, tmp_path) -> None:
+def _stage_window(pacs: PacsSettings, local, staging: Path) -> list:
+    """What the harvest's tasks do at the DICOM level: discover the window's GSPS, retrieve
+    them series by series against the discovery's list, read which CT series they are drawn
+    on, retrieve only those. Returns every retrieval's report."""
+    found = discover_gsps(pacs, local, START, START)
+    by_series = defaultdict(list)
+    for match in found:
+        by_series[(match.study_instance_uid, match.series_instance_uid)].append(match)
+    reports = [retrieve(pacs, local, staging, study, series, expected=items)
+               for (study, series), items in by_series.items()]
+    targets = {(t.study_instance_uid, s) for t in (
+        read_target(staged_path(staging, m.study_instance_uid, m.series_instance_uid,
+                                m.sop_instance_uid)) for m in found)
+        for s in t.series_instance_uids}
+    return reports + [retrieve(pacs, local, staging, study, series)
+                      for study, series in sorted(targets)]
+
+
+def test_a_window_brings_only_the_series_its_gsps_are_drawn_on(peer, local, synth,
+                                                                tmp_path) -> None:
     method = "get" if peer.aet == "ORTHANC" else "move"
-    studies = synth["studies"]
-    report = harvest_window(_pacs(peer, method), local, tmp_path, START, START)
-    assert report.complete
-    assert {r.series_instance_uid for r in report.series} == {
-        s["series_instance_uid"] for s in studies[:1]}
-    assert len(report.gsps_files) == sum(len(s["gsps"]) for s in studies[:1])
-    assert not (tmp_path / studies[1]["study_instance_uid"]).exists()
-    for study in studies[:1]:
-        ct = sorted((synth["out"] / study["ct_dir"]).glob("*.dcm"))
-        staged = tmp_path / study["study_instance_uid"] / study["series_instance_uid"]
-        assert len(list(staged.glob("*.dcm"))) == len(ct)
-        for original in ct:
-            want = payload(original)
-            assert payload(staged / f"{want.SOPInstanceUID}.dcm") == want
-    again = harvest_window(_pacs(peer, method), local, tmp_path, START, START)
-    assert again.complete and sum(r.received for r in again.retrievals) == 0
-    assert all(r.attempts == 0 for r in again.retrievals)  # nothing asked of the PACS twice
-    assert Path(tmp_path).is_dir()
+    first, second = synth["studies"][:2]
+    reports = _stage_window(_pacs(peer, method), local, tmp_path)
+    assert reports and all(r.complete for r in reports)
+    study = tmp_path / first["study_instance_uid"]
+    assert not (tmp_path / second["study_instance_uid"]).exists()
+    ct = sorted((synth["out"] / first["ct_dir"]).glob("*.dcm"))
+    staged = study / first["series_instance_uid"]
+    assert len(list(staged.glob("*.dcm"))) == len(ct)
+    for original in ct:
+        want = payload(original)
+        assert payload(staged / f"{want.SOPInstanceUID}.dcm") == want
+    others = [p for p in study.rglob("*.dcm") if p.parent != staged]  # the GSPS, nothing else
+    assert {p.stem for p in others} == {g["sop_instance_uid"] for g in first["gsps"]}
+    again = _stage_window(_pacs(peer, method), local, tmp_path)
+    assert all(r.complete for r in again) and sum(r.received for r in again) == 0
+    assert all(r.attempts == 0 for r in again)  # nothing asked of the PACS twice

@@ -7,12 +7,20 @@ from dicom_io.gsps.annotation import Annotation, AnnotationKind
 from dicom_io.gsps.batch import mark_duplicates
 from dicom_io.gsps.geometry import DisplayedArea, SpatialTransform, Units, display_to_pixel
 from dicom_io.gsps.locate import LocatedAnnotation, locate
-from dicom_io.gsps.reader import annotations_of, drawn_series, read_gsps, read_presentation_state
+from dicom_io.gsps.reader import (
+    GspsTarget,
+    annotations_of,
+    drawn_series,
+    read_gsps,
+    read_presentation_state,
+    read_target,
+)
 
 __all__ = [
     "Annotation",
     "AnnotationKind",
     "DisplayedArea",
+    "GspsTarget",
     "LocatedAnnotation",
     "SpatialTransform",
     "Units",
@@ -23,4 +31,5 @@ __all__ = [
     "mark_duplicates",
     "read_gsps",
     "read_presentation_state",
+    "read_target",
 ]

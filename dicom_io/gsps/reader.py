@@ -196,6 +196,39 @@ def drawn_series(ds: Dataset) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s for s in listed if s in drawn)) or tuple(listed[:1])
 
 
+@dataclass(frozen=True)
+class GspsTarget:
+    """Which study and CT series one GSPS file is drawn on (``drawn_series``, first first)."""
+
+    gsps_path: str
+    gsps_sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uids: tuple[str, ...]
+
+    @property
+    def series_instance_uid(self) -> str:
+        """The first series drawn on (annotations on no drawn series belong to it)."""
+        return self.series_instance_uids[0]
+
+
+def read_target(path: str | Path) -> GspsTarget:
+    """The header of a GSPS file: the CT series it is drawn on (pixel data and graphics aside).
+
+    Raises DicomInputError naming the file when it cannot be read or references no series.
+    """
+    name = Path(path).name
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        series = drawn_series(ds)
+        target = GspsTarget(str(path), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), series)
+    except (OSError, AttributeError, InvalidDicomError) as e:
+        raise DicomInputError(f"GSPS {name}: no referenced series ({type(e).__name__})") from e
+    if not series:
+        raise DicomInputError(f"GSPS {name}: no referenced series (Referenced Series Sequence "
+                              "is empty)")
+    return target
+
+
 def _referenced_series(ds: Dataset) -> dict[str, tuple[str, str]]:
     """SOP Instance UID -> (Series Instance UID, SOP Class UID) of every referenced image."""
     out: dict[str, tuple[str, str]] = {}

@@ -16,7 +16,6 @@ from dicom_io.pacs.errors import (
     QueryFailedError,
     RetrievalIncompleteError,
 )
-from dicom_io.pacs.harvest import HarvestReport, SeriesRef, harvest_window, referenced_series
 from dicom_io.pacs.query import (
     InstanceMatch,
     QueryLevel,
@@ -45,12 +44,12 @@ from dicom_io.pacs.storage import Delivery, StagingWriter, StorageSCP, StoreOutc
 from dicom_io.pacs.store import StoreReport, store_files
 
 __all__ = [
-    "AssociationRejectedError", "Backoff", "Delivery", "Gate", "HarvestReport", "HarvestWindow", "InstanceMatch",
-    "LocalAE", "OutsideHarvestWindowError", "PacsBusyError", "PacsError", "PacsSettings",
-    "PacsTimeoutError", "PacsUnavailableError", "QueryFailedError", "QueryLevel",
-    "RetrievalIncompleteError", "RetrievalReport", "RetrieveMethod", "SeriesMatch", "SeriesRef",
-    "StagingWriter", "StorageSCP", "StoreOutcome", "StoreReport", "StudyMatch", "SubOperations",
-    "Timeouts", "TlsOptions", "discover_gsps", "echo", "find", "find_in_window", "find_instances",
-    "find_series", "find_studies", "gate_for", "harvest_window", "open_association", "referenced_series", "retrieve", "staged_path",
-    "store_files", "WindowPolicy",
+    "AssociationRejectedError", "Backoff", "Delivery", "discover_gsps", "echo", "find",
+    "find_in_window", "find_instances", "find_series", "find_studies", "Gate", "gate_for",
+    "HarvestWindow", "InstanceMatch", "LocalAE", "open_association", "OutsideHarvestWindowError",
+    "PacsBusyError", "PacsError", "PacsSettings", "PacsTimeoutError", "PacsUnavailableError",
+    "QueryFailedError", "QueryLevel", "RetrievalIncompleteError", "RetrievalReport", "retrieve",
+    "RetrieveMethod", "SeriesMatch", "staged_path", "StagingWriter", "StorageSCP", "store_files",
+    "StoreOutcome", "StoreReport", "StudyMatch", "SubOperations", "Timeouts", "TlsOptions",
+    "WindowPolicy",
 ]
