@@ -9,8 +9,8 @@ Example
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 
 import pandas as pd
@@ -26,7 +26,7 @@ from db.models import (
     Series,
     Study,
 )
-from db.records import SegStatus
+from db.records import RunStatus, SegStatus, Stage
 from db.summary import month_key
 
 
@@ -244,3 +244,62 @@ def open_failures(engine: Engine, stage: str | None = None) -> pd.DataFrame:
         rows = [(str(getattr(r[0], "value", r[0])), *r[1:]) for r in conn.execute(stmt)]
     return pd.DataFrame(rows, columns=["stage", "object_uid", "error_class", "message",
                                        "attempts", "last_seen"])
+
+
+@dataclass
+class SeriesState:
+    """What the catalog holds for one series: its segmentations' statuses and files, and the
+    open failure that stopped it, if any."""
+
+    ok: int = 0
+    failed: int = 0
+    seg_paths: list[str] = field(default_factory=list)
+    preview_paths: list[str] = field(default_factory=list)
+    failed_stage: str | None = None
+    message: str | None = None
+
+
+def series_state(engine: Engine, series_instance_uid: str) -> SeriesState:
+    """The catalog's word on one series (the source of truth when it was segmented elsewhere)."""
+    rows_stmt = (select(Segmentation.status, Segmentation.seg_path, Segmentation.preview_path)
+                 .join(Series, Segmentation.series_id == Series.id)
+                 .where(Series.series_instance_uid == series_instance_uid))
+    failure_stmt = (select(Failure.stage, Failure.message)
+                    .where(Failure.object_uid == series_instance_uid,
+                           Failure.resolved_at.is_(None)))
+    with _reading(engine) as conn:
+        rows = conn.execute(rows_stmt).all()
+        failure = conn.execute(failure_stmt).first()
+    state = SeriesState()
+    if failure is not None:
+        state.failed_stage, state.message = str(getattr(failure[0], "value", failure[0])), failure[1]
+    for status, _, preview in rows:
+        if SegStatus(status) is SegStatus.OK:
+            state.ok += 1
+        else:
+            state.failed += 1
+        if preview:
+            state.preview_paths.append(preview)
+    state.seg_paths = sorted({path for _, path, _ in rows if path})
+    return state
+
+
+def open_failure_uids(engine: Engine, stage: Stage, error_class: str, uids: set[str]) -> set[str]:
+    """Which of ``uids`` have an open failure of this stage and error class."""
+    stmt = select(Failure.object_uid).where(
+        Failure.stage == stage, Failure.error_class == error_class, Failure.resolved_at.is_(None))
+    with _reading(engine) as conn:
+        return set(conn.execute(stmt).scalars()) & uids
+
+
+def completed_windows(engine: Engine, pacs_aet: str) -> set[tuple[datetime, datetime]]:
+    """Windows (UTC bounds) of PACS ``pacs_aet`` whose run completed with no failure."""
+    stmt = select(HarvestRun.window_start, HarvestRun.window_end).where(
+        HarvestRun.pacs == pacs_aet, HarvestRun.status == RunStatus.COMPLETED,
+        HarvestRun.failed == 0)
+    with _reading(engine) as conn:
+        return {(_utc(a), _utc(b)) for a, b in conn.execute(stmt)}
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

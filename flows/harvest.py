@@ -29,11 +29,15 @@ from dataclasses import replace
 from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from db import Recorder
-from db.models import HarvestRun
-from db.queries import recorded_presentation_states
+from db.queries import (
+    completed_windows,
+    open_failure_uids,
+    recorded_presentation_states,
+    series_state,
+)
 from db.records import FailureRecord, HarvestRunRecord, RunStatus, Stage
 from dicom_io.gsps import GspsTarget, read_target
 from dicom_io.pacs import InstanceMatch, PacsError
@@ -371,30 +375,11 @@ def _segment_remote(run: _Run, batch: list[SeriesJob], params: dict) -> list[Ser
 
 def outcome_from_catalog(engine: Engine, job: SeriesJob) -> SeriesOutcome:
     """What the catalog holds for one series: the source of truth when segmenting ran elsewhere."""
-    from db.models import Failure, Segmentation, Series
-
-    outcome = SeriesOutcome(series_instance_uid=job.series_instance_uid)
-    stmt = (select(Segmentation.status, Segmentation.seg_path, Segmentation.preview_path)
-            .join(Series, Segmentation.series_id == Series.id)
-            .where(Series.series_instance_uid == job.series_instance_uid))
-    failed = (select(Failure.stage, Failure.message)
-              .where(Failure.object_uid == job.series_instance_uid,
-                     Failure.resolved_at.is_(None)))
-    with engine.connect() as conn:
-        rows = conn.execute(stmt).all()
-        failure = conn.execute(failed).first()
-    if failure is not None:
-        outcome.failed_stage = str(getattr(failure[0], "value", failure[0]))
-        outcome.message = failure[1]
-    for status, _, preview in rows:
-        if str(getattr(status, "value", status)) == "ok":
-            outcome.ok += 1
-        else:
-            outcome.failed += 1
-        if preview:
-            outcome.preview_paths.append(preview)
-    outcome.seg_paths = sorted({p for _, p, _ in rows if p})
-    return outcome
+    state = series_state(engine, job.series_instance_uid)
+    return SeriesOutcome(series_instance_uid=job.series_instance_uid, ok=state.ok,
+                         failed=state.failed, failed_stage=state.failed_stage,
+                         message=state.message, seg_paths=state.seg_paths,
+                         preview_paths=state.preview_paths)
 
 
 def _count(run: _Run, outcome: SeriesOutcome) -> None:
@@ -438,13 +423,7 @@ def _hold_shared(run: _Run) -> None:
 
 def held_back(engine: Engine, uids: set[str]) -> set[str]:
     """Which of these catalogued GSPS must be redone: one of their series failed."""
-    from db.models import Failure
-
-    stmt = select(Failure.object_uid).where(  # few: only GSPS of several series ever are
-        Failure.stage == _HOLD[0], Failure.error_class == _HOLD[1],
-        Failure.resolved_at.is_(None))
-    with engine.connect() as conn:
-        return set(conn.execute(stmt).scalars()) & uids
+    return open_failure_uids(engine, _HOLD[0], _HOLD[1], uids)
 
 
 def _store(run: _Run) -> None:
@@ -468,19 +447,6 @@ def windows(start: dt.date, end: dt.date, chunk_days: int) -> list[tuple[dt.date
         out.append((start, last))
         start = last + dt.timedelta(days=1)
     return out
-
-
-def completed_windows(engine: Engine, pacs_aet: str) -> set[tuple[dt.datetime, dt.datetime]]:
-    """Windows of PACS ``pacs_aet`` whose run completed without failure (backfill skips them)."""
-    stmt = select(HarvestRun.window_start, HarvestRun.window_end).where(
-        HarvestRun.pacs == pacs_aet, HarvestRun.status == RunStatus.COMPLETED,
-        HarvestRun.failed == 0)
-    with engine.connect() as conn:
-        return {(_utc(a), _utc(b)) for a, b in conn.execute(stmt)}
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 @flow(name="backfill")

@@ -32,9 +32,12 @@ from db.models import (
 )
 from db.queries import (
     _segmentation_stats,
+    completed_windows,
     failures_by_stage,
+    open_failure_uids,
     open_failures,
     recorded_presentation_states,
+    series_state,
     summary_answers,
     table_counts,
 )
@@ -232,6 +235,30 @@ def test_harvest_run_upsert_keeps_one_row_per_window(catalog_url: str) -> None:
     assert table_counts(engine)["harvest_runs"] == 1
     rec.record_series_results(series_results(1))
     assert recorded_presentation_states(engine, ["1.2.826.0.1.1.2", "9.9"]) == {"1.2.826.0.1.1.2"}
+    engine.dispose()
+
+
+def test_what_the_harvest_asks_the_catalog(catalog_url: str) -> None:
+    """A series' state, open failures of one kind, and the windows that completed cleanly."""
+    engine = open_catalog(catalog_url)
+    rec = Recorder(engine)
+    rec.record_series_results(series_results(1))
+    rec.record_series_results(series_results(2, status=SegStatus.FAILED, annotations=1))
+    one, two = series_state(engine, "1.2.826.0.1.1.1"), series_state(engine, "1.2.826.0.1.2.1")
+    assert (one.ok, one.failed, one.failed_stage) == (2, 0, None)
+    assert one.seg_paths == ["/out/1.2.826.0.1.1.2.dcm"] and len(one.preview_paths) == 2
+    assert (two.ok, two.failed) == (0, 1)
+    rec.record_failure(FailureRecord(Stage.SEGMENT, "1.2.826.0.1.1.1", "MemoryError", "oom"))
+    assert series_state(engine, "1.2.826.0.1.1.1").failed_stage == "segment"
+    rec.record_failure(FailureRecord(Stage.SEGMENT, "9.1", "SeriesFailed", "held"))
+    rec.record_failure(FailureRecord(Stage.SEGMENT, "9.2", "OtherError", "not held"))
+    assert open_failure_uids(engine, Stage.SEGMENT, "SeriesFailed", {"9.1", "9.2", "9.3"}) == {
+        "9.1"}
+    start, end = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 2, tzinfo=UTC)
+    rec.record_run(HarvestRunRecord("PACS", start, end, RunStatus.COMPLETED))
+    rec.record_run(HarvestRunRecord("PACS", end, end, RunStatus.COMPLETED, failed=1))
+    rec.record_run(HarvestRunRecord("OTHER", start, start, RunStatus.COMPLETED))
+    assert completed_windows(engine, "PACS") == {(start, end)}
     engine.dispose()
 
 
