@@ -108,19 +108,28 @@ def annotations_to_prompts(volume: Volume, parsed: ParsedGsps) -> tuple[list[Pro
     for ann in parsed.annotations:
         if ann.kind == AnnotationKind.TEXT and ann.skip_reason is None:
             continue
-        located = locate(ann, volume)
-        reason = located.skip_reason
-        if reason is None and ann.kind not in _PROMPT_KIND:
-            reason = f"annotation kind '{ann.kind.value}' is not a usable prompt"
-        if reason is not None:
+        prompt, reason = _prompt_of(ann, volume)
+        if prompt is None:
             skips.append(SegmentResult(ann.gsps_sop_instance_uid, ann.index, ann.kind.value,
                                        gsps_file=str(parsed.path), status="skipped",
                                        reason=reason))
             continue
-        prompt = Prompt(_PROMPT_KIND[ann.kind], located.slice_index, located.points_voxel,
-                        identifier=f"{ann.gsps_sop_instance_uid}#{ann.index}")
         prompted.append(PromptedAnnotation(ann, prompt))
     return prompted, skips
+
+
+def _prompt_of(ann: Annotation, volume: Volume) -> tuple[Prompt | None, str | None]:
+    """The annotation as a prompt on ``volume``, or why it cannot be one."""
+    located = locate(ann, volume)
+    if located.skip_reason is not None:
+        return None, located.skip_reason
+    if ann.kind not in _PROMPT_KIND:
+        return None, f"annotation kind '{ann.kind.value}' is not a usable prompt"
+    try:
+        return Prompt(_PROMPT_KIND[ann.kind], located.slice_index, located.points_voxel,
+                      identifier=ann.identifier), None
+    except ValueError as exc:  # the annotation read well, but is no valid prompt
+        return None, str(exc)
 
 
 def segment_label(ann: Annotation) -> str:

@@ -20,7 +20,8 @@ class PromptKind(StrEnum):
     POINT = "point"
 
 
-_POINT_COUNTS = {
+#: (minimum, maximum) points of each kind (dicom_io's annotation kinds use the same)
+POINT_COUNTS: dict[PromptKind, tuple[int, int]] = {
     PromptKind.LINE: (2, 2),
     PromptKind.BIDIRECTIONAL: (4, 4),
     PromptKind.ARROW: (2, 2),
@@ -57,7 +58,7 @@ class Prompt:
         pts = np.asarray(self.points, dtype=float)
         if pts.ndim != 2 or pts.shape[1] != 2:
             raise ValueError(f"Invalid 'points' shape {pts.shape} - expected (N, 2)")
-        low, high = _POINT_COUNTS[kind]
+        low, high = POINT_COUNTS[kind]
         if not low <= len(pts) <= high:
             raise ValueError(f"Invalid 'points' - a {kind.value} prompt needs {low} to {high} points, got {len(pts)}")
         if not np.all(np.isfinite(pts)):

@@ -367,6 +367,36 @@ def test_interpolated_outline_is_a_polygon(tmp_path: Path, ct_image: Dataset) ->
     assert a.kind is AnnotationKind.POLYGON and a.closed and len(a.points) == 4
 
 
+def test_a_polygon_of_too_many_points_is_a_recorded_skip(tmp_path: Path, ct_image: Dataset,
+                                                        monkeypatch) -> None:
+    """Over the kind's limit: that annotation is skipped with the reason, the next is kept.
+    (The real limit, 100,000, does not fit one explicit-VR Graphic Data: it is lowered here.)"""
+    from dicom_io.gsps.annotation import POINT_COUNTS
+
+    monkeypatch.setitem(POINT_COUNTS, AnnotationKind.POLYGON, (3, 50))
+    angles = np.linspace(0, 2 * np.pi, 51, endpoint=False)
+    ring = [(200 + 50 * np.cos(a), 200 + 50 * np.sin(a)) for a in angles]
+    it = item(ct_image.SOPInstanceUID,
+              graphics=[graphic(ring + [ring[0]], "POLYLINE"), graphic([(1, 1), (9, 9)])])
+    big, line = read_gsps(write_gsps(tmp_path / "a.dcm", ct_image, [it]))
+    assert big.kind is AnnotationKind.POLYGON
+    assert big.skip_reason == "a polygon needs 3 to 50 points, got 51"
+    assert line.usable
+
+
+def test_annotation_and_prompt_kinds_take_the_same_points() -> None:
+    """Every annotation kind that becomes a prompt has the prompt kind's point counts, so an
+    annotation that reads well never fails as a prompt."""
+    from dicom_io.gsps.annotation import POINT_COUNTS as ANNOTATION_COUNTS
+    from sam2ct.prompts import POINT_COUNTS as PROMPT_COUNTS
+    from sam2ct.prompts import PromptKind
+
+    shared = {kind.value for kind in AnnotationKind} & {kind.value for kind in PromptKind}
+    assert shared == {kind.value for kind in PromptKind}  # text is the only annotation extra
+    for value in shared:
+        assert ANNOTATION_COUNTS[AnnotationKind(value)] == PROMPT_COUNTS[PromptKind(value)], value
+
+
 def test_display_units_with_displayed_area(tmp_path: Path, ct_image: Dataset) -> None:
     # Displayed area columns 101..300, rows 51..150 (1-based): 200 x 100 pixels from (100, 50).
     ends_px = np.array([[150.5, 75.5], [250.5, 125.5]])

@@ -28,14 +28,16 @@ class AnnotationKind(StrEnum):
     TEXT = "text"
 
 
-# Number of points each kind must have: (minimum, maximum).
+# Number of points each kind must have: (minimum, maximum). The prompt kinds' are those of
+# sam2ct.prompts.POINT_COUNTS (a test holds them equal): an annotation that reads well always
+# makes a valid prompt. A drawing outside them is skipped with the reason.
 POINT_COUNTS: dict[AnnotationKind, tuple[int, int]] = {
     AnnotationKind.LINE: (2, 2),
     AnnotationKind.BIDIRECTIONAL: (4, 4),
     AnnotationKind.ARROW: (2, 2),
     AnnotationKind.ELLIPSE: (4, 4),
     AnnotationKind.CIRCLE: (2, 2),
-    AnnotationKind.POLYGON: (3, 1_000_000),
+    AnnotationKind.POLYGON: (3, 100_000),
     AnnotationKind.POINT: (1, 1),
     AnnotationKind.TEXT: (0, 1),
 }

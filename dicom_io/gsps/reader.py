@@ -18,7 +18,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from dicom_io.errors import DicomInputError
-from dicom_io.gsps.annotation import Annotation, AnnotationKind
+from dicom_io.gsps.annotation import POINT_COUNTS, Annotation, AnnotationKind
 from dicom_io.gsps.classify import Compound, Drawing, Graphic, TextObject, classify_item
 from dicom_io.gsps.geometry import (
     DisplayedArea,
@@ -339,29 +339,29 @@ def _points(values: object, dims: object = 2) -> tuple[np.ndarray, str | None]:
 
 def _graphic(index: int, g: Dataset, ctx: _Context) -> Graphic:
     """One Graphic Object Sequence item."""
-    gtype = str(g.get("GraphicType", "") or "").upper()
-    points, problem = _points(g.get("GraphicData"), g.get("GraphicDimensions", 2))
-    declared = g.get("NumberOfGraphicPoints")
-    if problem is None and declared not in (None, "") and int(declared) != len(points):
-        problem = f"Number of Graphic Points {declared} but {len(points)} points in Graphic Data"
-    if problem is None:
-        points, problem = _to_pixel(points, str(g.get("GraphicAnnotationUnits", "")), ctx)
-    if problem is None and not np.all(np.isfinite(points)):
-        problem = f"{gtype or 'graphic'} has NaN or infinite coordinates"
-    compound = g.get("CompoundGraphicInstanceID")
-    return Graphic(index, gtype, points, None if compound is None else int(compound), problem)
+    return Graphic(*_shape(index, g, "GraphicType", "GraphicAnnotationUnits", ctx, ""))
 
 
 def _compound(index: int, c: Dataset, ctx: _Context) -> Compound:
     """One Compound Graphic Sequence item (nested compounds are ignored)."""
-    ctype = str(c.get("CompoundGraphicType", "") or "").upper()
-    points, problem = _points(c.get("GraphicData"), c.get("GraphicDimensions", 2))
+    return Compound(*_shape(index, c, "CompoundGraphicType", "CompoundGraphicUnits", ctx,
+                            "compound "))
+
+
+def _shape(index: int, item: Dataset, type_keyword: str, units_keyword: str, ctx: _Context,
+           what: str) -> tuple[int, str, np.ndarray, int | None, str | None]:
+    """(index, type, PIXEL points, compound ID, problem) of a graphic or compound item."""
+    kind = str(item.get(type_keyword, "") or "").upper()
+    points, problem = _points(item.get("GraphicData"), item.get("GraphicDimensions", 2))
+    declared = item.get("NumberOfGraphicPoints")
+    if problem is None and declared not in (None, "") and int(declared) != len(points):
+        problem = f"Number of Graphic Points {declared} but {len(points)} points in Graphic Data"
     if problem is None:
-        points, problem = _to_pixel(points, str(c.get("CompoundGraphicUnits", "")), ctx)
+        points, problem = _to_pixel(points, str(item.get(units_keyword, "")), ctx)
     if problem is None and not np.all(np.isfinite(points)):
-        problem = f"compound {ctype} has NaN or infinite coordinates"
-    compound = c.get("CompoundGraphicInstanceID")
-    return Compound(index, ctype, points, None if compound is None else int(compound), problem)
+        problem = f"{what}{kind or 'graphic'} has NaN or infinite coordinates"
+    compound = item.get("CompoundGraphicInstanceID")
+    return index, kind, points, None if compound is None else int(compound), problem
 
 
 def _text(index: int, t: Dataset, ctx: _Context) -> TextObject:
@@ -404,7 +404,8 @@ def _annotation(
     image = None if images is None else images.get(ctx.target.sop_instance_uid or "")
     spacing, source = pixel_spacing(image, ctx.area)
     long_mm, short_mm = _lengths(d, spacing)
-    skip = d.skip_reason or ctx.target.problem or _image_problem(d, ctx.target, image, images)
+    skip = (d.skip_reason or ctx.target.problem or _count_problem(d)
+            or _image_problem(d, ctx.target, image, images))
     return Annotation(
         gsps_sop_instance_uid=uid,
         index=index,
@@ -424,6 +425,14 @@ def _annotation(
         spacing_source=source if long_mm is not None else None,
         origin=d.origin,
     )
+
+
+def _count_problem(d: Drawing) -> str | None:
+    """Why a drawing has too few or too many points for its kind (a skip, not a crash)."""
+    low, high = POINT_COUNTS[d.kind]
+    if low <= len(d.points) <= high:
+        return None
+    return f"a {d.kind.value} needs {low} to {high} points, got {len(d.points)}"
 
 
 def _lengths(
