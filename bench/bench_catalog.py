@@ -150,8 +150,9 @@ def upsert_rate(url: str, count: int) -> float:
     for i in range(count // 4):
         gsps = f"1.2.826.0.1.3680043.11.{i}.3"
         anns = tuple(AnnotationRecord(gsps, k, "line") for k in range(4))
-        segs = tuple(SegmentationRecord(gsps, k, "sam2ct", "1.0", volume_ml=1.0 + k)
-                     for k in range(4))
+        segs = tuple(SegmentationRecord(gsps_sop_instance_uid=gsps, annotation_index=k,
+                                        model_name="sam2ct", model_version="1.0",
+                                        volume_ml=1.0 + k) for k in range(4))
         rec.record_series_results(SeriesResults(
             StudyRecord(f"1.2.826.0.1.3680043.11.{i}.1", f"BENCH-{i}", date(2025, 1, 1)),
             SeriesRecord(f"1.2.826.0.1.3680043.11.{i}.2", f"1.2.826.0.1.3680043.11.{i}.1"),

@@ -66,13 +66,15 @@ def warm_up_api() -> float:
 def direct_peer(root: Path, manifest: dict, model: str) -> float:
     """Seconds for the bare pipeline over local files: load, segment, write SEGs."""
     from dicom_io.volume import load_series
-    from flows.pipeline import segment_series
+    from flows.segment_series import read_gsps_files, segment_series
+    from sam2ct.registry import choose_segmenter
 
     t0 = time.perf_counter()
+    choice = choose_segmenter(model)
     for study in manifest["studies"]:
         volume = load_series(root / study["ct_dir"])
-        segment_series(volume, [root / g["file"] for g in study["gsps"]],
-                       root.parent / "direct" / study["name"], model)
+        parsed, failures = read_gsps_files([root / g["file"] for g in study["gsps"]])
+        segment_series(volume, parsed, choice, root.parent / "direct" / study["name"], failures)
     return time.perf_counter() - t0
 
 

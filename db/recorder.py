@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
@@ -306,13 +306,7 @@ def _annotation_row(a: AnnotationRecord, ps_id: int, series_id: int) -> dict[str
 
 def _segmentation_row(s: SegmentationRecord, annotation_id: int, series_id: int,
                       kind: str) -> dict[str, Any]:
-    return {"annotation_id": annotation_id, "series_id": series_id, "kind": kind,
-            "gsps_sop_instance_uid": s.gsps_sop_instance_uid,
-            "annotation_index": s.annotation_index,
-            "model_name": s.model_name, "model_version": s.model_version,
-            "checkpoint_sha256": s.checkpoint_sha256, "status": s.status,
-            "seg_sop_instance_uid": s.seg_sop_instance_uid, "segment_number": s.segment_number,
-            "seg_path": s.seg_path, "voxels": s.voxels, "volume_ml": s.volume_ml,
-            "long_axis_mm": s.long_axis_mm, "short_axis_mm": s.short_axis_mm,
-            "bbox": list(s.bbox) if s.bbox is not None else None, "mean_hu": s.mean_hu,
-            "preview_path": s.preview_path, "reason": s.reason}
+    """The record's fields are the table's columns of the same names (bbox as a JSON list)."""
+    row = asdict(s)
+    row["bbox"] = list(s.bbox) if s.bbox is not None else None
+    return {"annotation_id": annotation_id, "series_id": series_id, "kind": kind, **row}

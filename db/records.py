@@ -21,11 +21,13 @@ class RunStatus(enum.StrEnum):
 
 
 class SegStatus(enum.StrEnum):
-    """Outcome of one segmentation."""
+    """Outcome of one annotation: segmented, tried and failed, or skipped (not a usable prompt:
+    the catalog keeps the reason on the annotation, so no segmentation row is ``skipped``)."""
 
     OK = "ok"
     FAILED = "failed"
     NEEDS_REVIEW = "needs-review"
+    SKIPPED = "skipped"
 
 
 class Stage(enum.StrEnum):
@@ -111,9 +113,10 @@ class AnnotationRecord:
     skip_reason: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SegmentationRecord:
-    """One segment made from one annotation by one model (name, version, checkpoint)."""
+    """One segment made from one annotation by one model (name, version, checkpoint); its
+    measures are ``sam2ct.geometry.MaskMeasures``' (same names)."""
 
     gsps_sop_instance_uid: str
     annotation_index: int

@@ -43,8 +43,15 @@ from dicom_io.gsps import GspsTarget, read_target
 from dicom_io.pacs import InstanceMatch, PacsError
 from flows.artifacts import Progress, RunSummary, publish_summary
 from flows.options import HarvestOptions, resolve_window, window_bounds
-from flows.segment_flow import SeriesJob, SeriesOutcome, catalog_engine, segment_one
-from flows.segment_jobs import SegmentWorkers, default_workers, prepare_workers
+from flows.segment_flow import segment_one
+from flows.segment_jobs import (
+    SegmentWorkers,
+    SeriesJob,
+    SeriesOutcome,
+    catalog_engine,
+    default_workers,
+    prepare_workers,
+)
 from flows.settings import Settings
 from flows.tasks import (
     PacsSlots,

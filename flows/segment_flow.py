@@ -25,16 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from pydantic import SecretStr
 
-from flows.segment_jobs import (
-    SegmentWorkers,
-    SeriesJob,
-    SeriesOutcome,
-    catalog_engine,
-    run_job,
-)
-
-__all__ = ["SeriesJob", "SeriesOutcome", "catalog_engine", "gpu_slot", "segment_batch",
-           "segment_one"]
+from flows.segment_jobs import SegmentWorkers, SeriesJob, SeriesOutcome, run_job
 
 
 @contextmanager

@@ -34,12 +34,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from threadpoolctl import threadpool_limits
 
 from db import Recorder, open_catalog
-from db.records import FailureRecord, Stage
+from db.records import FailureRecord, SegStatus, Stage
 from dicom_io.errors import DicomInputError
 from dicom_io.processes import start_forkserver, worker_pool
 from dicom_io.volume import load_series
-from flows.pipeline import ParsedGsps, algorithm_of, parse_gsps, segment_gsps
-from flows.recording import build_series_results
+from flows.segment_series import ParsedGsps, SeriesRun, parse_gsps, segment_series
 from sam2ct.registry import Choice, choose_segmenter
 
 logger = logging.getLogger(__name__)
@@ -137,7 +136,7 @@ def _parse(job: SeriesJob, recorder: Recorder, run_id: int | None,
 def run_job(job: SeriesJob, catalog_url: str, output_dir: str, model: str = "auto",
             device: str | None = None, run_id: int | None = None,
             threads: int | None = None) -> SeriesOutcome:
-    """Load one series, segment every usable annotation, write SEGs, record it all.
+    """Load one series, segment it (``segment_series``), record it all in the catalog.
 
     A failure is recorded in the catalog with its stage and returned in the outcome; only an
     unusable model or catalog raises.
@@ -153,20 +152,15 @@ def run_job(job: SeriesJob, catalog_url: str, output_dir: str, model: str = "aut
         return _fail(recorder, outcome, Stage.LOAD, job.series_instance_uid, exc, run_id)
     t1 = clock()
     choice = segmenter(model, device, threads)
-    algorithm = algorithm_of(choice.segmenter, choice.warning)
-    out = Path(output_dir) / job.study_instance_uid
-    results = []
     try:
-        for p in parsed:
-            results.extend(segment_gsps(volume, p, choice.segmenter, algorithm, out,
-                                        spans=outcome.model_spans))
+        run = segment_series(volume, parsed, choice, Path(output_dir) / job.study_instance_uid)
     except (ValueError, RuntimeError, OSError) as exc:
         return _fail(recorder, outcome, Stage.SEGMENT, job.series_instance_uid, exc, run_id)
     t2 = clock()
-    model_s = sum(end - start for start, end in outcome.model_spans)
+    outcome.model_spans = run.model_spans
+    model_s = sum(end - start for start, end in run.model_spans)
     try:
-        recorder.record_series_results(build_series_results(
-            volume, Path(job.series_dir), parsed, results, algorithm))
+        recorder.record_series_results(run.catalog_records(Path(job.series_dir)))
     except (SQLAlchemyError, ValueError) as exc:  # recorded as a catalog failure; batch goes on
         return _fail(recorder, outcome, Stage.CATALOG, job.series_instance_uid, exc, run_id)
     for stage in (Stage.LOAD, Stage.SEGMENT, Stage.CATALOG):
@@ -176,20 +170,16 @@ def run_job(job: SeriesJob, catalog_url: str, output_dir: str, model: str = "aut
                        "seg_write": round(max(0.0, t2 - t1 - model_s), 3),
                        "catalog": round(t3 - t2, 3)}
     outcome.warning = choice.warning
-    _tally(outcome, results)
+    _tally(outcome, run)
     return outcome
 
 
-def _tally(outcome: SeriesOutcome, results: list) -> None:
-    for r in results:
-        if r.status == "ok":
-            outcome.ok += 1
-        elif r.status == "failed":
-            outcome.failed += 1
-        else:
-            outcome.skipped += 1
-    outcome.seg_paths = sorted({r.seg_path for r in results if r.seg_path})
-    outcome.preview_paths = [r.preview_path for r in results if r.preview_path]
+def _tally(outcome: SeriesOutcome, run: SeriesRun) -> None:
+    outcome.ok, outcome.failed = run.count(SegStatus.OK), run.count(SegStatus.FAILED)
+    outcome.skipped = run.count(SegStatus.SKIPPED)
+    rows = [r.segmentation for r in run.results if r.segmentation is not None]
+    outcome.seg_paths = sorted({s.seg_path for s in rows if s.seg_path})
+    outcome.preview_paths = [s.preview_path for s in rows if s.preview_path]
 
 
 def default_workers(device: str | None) -> int:

@@ -1,4 +1,5 @@
-"""Plane geometry of masks in millimetres: longest diameter and longest perpendicular (RECIST)."""
+"""Geometry of masks in millimetres: longest diameter and longest perpendicular (RECIST), and
+the measures a catalog keeps of a lesion mask (``measure_mask``)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,44 @@ def long_axis_mm(mask: np.ndarray, spacing: tuple[float, float, float]) -> float
     for z in np.flatnonzero(mask.any(axis=(1, 2))):
         best = max(best, longest_chord(mask[z], spacing[1:]).length_mm)
     return best
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskMeasures:
+    """What a lesion mask measures: voxels, volume, axial long and short axis (RECIST: the
+    longest diameter on any slice; the longest perpendicular on the slice of largest area),
+    bounding box (first slice, row, column, then last ones, inclusive) and mean HU."""
+
+    voxels: int
+    volume_ml: float
+    long_axis_mm: float
+    short_axis_mm: float
+    bbox: tuple[int, int, int, int, int, int]
+    mean_hu: float
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The smallest (slices, rows, columns) box holding every voxel of a non-empty 3D mask."""
+    return ndimage.find_objects(mask.astype(np.uint8))[0]
+
+
+def measure_mask(mask: np.ndarray, spacing: tuple[float, float, float],
+                 image: np.ndarray) -> MaskMeasures:
+    """Measures of a non-empty boolean ``mask`` on ``image`` (HU, same shape), rounded as the
+    catalog stores them. ``spacing`` is (slice, row, column) mm.
+
+    Counted on the mask's bounding box (a lesion's box is a small part of the volume); the axes
+    on whole planes of its slices, since the short axis depends on where the lesion lies.
+    """
+    box = bounding_box(mask)
+    lesion, planes = mask[box], mask[box[0]]
+    voxels = int(np.count_nonzero(lesion))
+    largest = planes[int(np.argmax(lesion.sum(axis=(1, 2))))]
+    in_plane = (spacing[1], spacing[2])
+    axis = longest_chord(largest, in_plane)
+    return MaskMeasures(
+        voxels=voxels, volume_ml=round(voxels * float(np.prod(spacing)) / 1000.0, 3),
+        long_axis_mm=round(long_axis_mm(planes, spacing), 2),
+        short_axis_mm=round(longest_perpendicular(largest, in_plane, axis).length_mm, 2),
+        bbox=(*(b.start for b in box), *(b.stop - 1 for b in box)),  # type: ignore[arg-type]
+        mean_hu=round(float(image[box][lesion].mean()), 1))

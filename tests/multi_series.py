@@ -67,7 +67,7 @@ def make_two_series_study(out: Path) -> dict:
     annotations the shared GSPS draws on it), ``study_date``.
     """
     from dicom_io.synth import make_studies
-    from flows.pipeline import parse_gsps
+    from flows.segment_series import parse_gsps
 
     manifest = json.loads(make_studies(out, studies=1, seed=23, size=96, slices=16,
                                        start_date=STUDY_DATE).read_text())

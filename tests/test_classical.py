@@ -219,20 +219,20 @@ def test_synthetic_lesions_from_arrows_do_not_leak(synth_dir: Path):
 def test_arrow_with_no_edge_at_its_tip_is_bounded(tmp_path: Path):
     """The demo study's compound arrow at a kidney lesion (9 mL) whose tail lies in tissue of the
     lesion's density: the tip's region runs over the abdomen. It gave 256 mL (28x); now about 3x."""
+    from dicom_io.gsps import locate
     from dicom_io.synth import make_studies
     from dicom_io.truth import read_truth
     from dicom_io.volume import load_series
-    from flows.pipeline import annotations_to_prompts, parse_gsps
+    from flows.segment_series import parse_gsps, prompt_of
 
     make_studies(tmp_path, studies=1, seed=1, size=512)
     study = tmp_path / "study-001"
     volume = load_series(study / "ct")
-    prompted, _ = annotations_to_prompts(volume, parse_gsps(study / "gsps" /
-                                                            "compound-arrow-L3.dcm"))
+    parsed = parse_gsps(study / "gsps" / "compound-arrow-L3.dcm")
+    prompts = [p for p, _ in (prompt_of(locate(a, volume)) for a in parsed.annotations) if p]
     truth = read_truth(study / "truth" / "L3.nii.gz", volume)
-    [mask] = ClassicalSegmenter().segment(volume.array, volume.spacing,
-                                          [item.prompt for item in prompted])
-    assert prompted[0].prompt.kind is PromptKind.ARROW
+    [mask] = ClassicalSegmenter().segment(volume.array, volume.spacing, prompts)
+    assert prompts[0].kind is PromptKind.ARROW
     assert mask.sum() <= 5 * truth.sum(), mask.sum() / truth.sum()  # measured 3.0x
     assert dice(mask, truth) >= 0.3  # measured 0.49
 

@@ -100,10 +100,12 @@ def series_results(n: int, *, patient: str = "PAT-SECRET-1", kind: str = "line",
                                   points_voxel=((10.0, 20.0), (30.0, 40.0)),
                                   points_mm=((1.0, 2.0, 3.0), (4.0, 5.0, 6.0)), length_mm=12.5,
                                   text="lesion", layer="L1") for i in range(annotations))
-    segs = tuple(SegmentationRecord(gsps, i, model, "1.0", "", status, f"{gsps}.9", i + 1,
-                                    f"/out/{gsps}.dcm", 2000, volume + i, 20.0, 10.0,
-                                    (1, 2, 3, 4, 5, 6), 35.0, f"/out/{i}.png")
-                 for i in range(annotations))
+    segs = tuple(SegmentationRecord(
+        gsps_sop_instance_uid=gsps, annotation_index=i, model_name=model, model_version="1.0",
+        status=status, seg_sop_instance_uid=f"{gsps}.9", segment_number=i + 1,
+        seg_path=f"/out/{gsps}.dcm", voxels=2000, volume_ml=volume + i, long_axis_mm=20.0,
+        short_axis_mm=10.0, bbox=(1, 2, 3, 4, 5, 6), mean_hu=35.0, preview_path=f"/out/{i}.png")
+        for i in range(annotations))
     return SeriesResults(
         StudyRecord(study, patient, day),
         SeriesRecord(series, study, "CT", body_part, 100, (3.0, 0.8, 0.8), "ACME", f"/s/{n}"),
@@ -266,8 +268,9 @@ def test_segmentation_of_unknown_annotation_is_refused(catalog_url: str) -> None
     engine = open_catalog(catalog_url)
     good = series_results(1)
     bad = SeriesResults(good.study, good.series, good.presentation_states, good.annotations,
-                        (SegmentationRecord(good.presentation_states[0].sop_instance_uid, 99,
-                                            "classical"),))
+                        (SegmentationRecord(
+                            gsps_sop_instance_uid=good.presentation_states[0].sop_instance_uid,
+                            annotation_index=99, model_name="classical"),))
     with pytest.raises(ValueError, match="annotation 99"):
         Recorder(engine).record_series_results(bad)
     assert table_counts(engine)["studies"] == 0  # the whole transaction rolled back
@@ -464,8 +467,9 @@ def two_series_results(first: str, second: str) -> tuple[SeriesResults, SeriesRe
         anns = tuple(AnnotationRecord(gsps, i, "line", series, slice_index=i,
                                       skip_reason=None if i in segmented else "outside volume")
                      for i in indexes)
-        segs = tuple(SegmentationRecord(gsps, i, "classical", "1.0", volume_ml=1.0 + i)
-                     for i in segmented)
+        segs = tuple(SegmentationRecord(gsps_sop_instance_uid=gsps, annotation_index=i,
+                                        model_name="classical", model_version="1.0",
+                                        volume_ml=1.0 + i) for i in segmented)
         return SeriesResults(StudyRecord(study, "PAT-SECRET-9", date(2025, 4, 1)),
                              SeriesRecord(series, study, "CT", "CHEST", 50, (2.0, 0.7, 0.7)),
                              (PresentationStateRecord(gsps, series, "/g/9.dcm"),), anns, segs)

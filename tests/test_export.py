@@ -46,7 +46,8 @@ def catalogue_series(rec: Recorder, volume: Volume, masks: list[np.ndarray], gsp
                      volume.spacing, str(header.get("Manufacturer", "")), str(series_dir)),
         tuple(PresentationStateRecord(uid, volume.series_instance_uid) for uid in gsps_uids),
         tuple(AnnotationRecord(uid, 0, kind) for uid in gsps_uids),
-        tuple(SegmentationRecord(uid, 0, ALGORITHM.name, ALGORITHM.version, "",
+        tuple(SegmentationRecord(gsps_sop_instance_uid=uid, annotation_index=0,
+                                 model_name=ALGORITHM.name, model_version=ALGORITHM.version,
                                  seg_sop_instance_uid=seg_path.stem, segment_number=i + 1,
                                  seg_path=str(seg_path), voxels=int(m.sum()),
                                  volume_ml=float(m.sum()) * vox_ml)

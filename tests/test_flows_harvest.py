@@ -105,7 +105,7 @@ def pg_url():
         pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
     admin.execute(f'CREATE DATABASE "{name}"')
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    from flows.segment_flow import catalog_engine
+    from flows.segment_jobs import catalog_engine
 
     catalog_engine.cache_clear()
     admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -170,7 +170,7 @@ def test_nightly_harvest_end_to_end_with_limit_and_rerun(harness, orthanc, studi
     from db import open_catalog
     from db.queries import open_failures, table_counts
     from flows.harvest import backfill, nightly_harvest, outcome_from_catalog
-    from flows.segment_flow import SeriesJob
+    from flows.segment_jobs import SeriesJob
 
     opts = _options(tmp_path, orthanc, store_port, pg_url, max_associations=2)
     offset = orthanc.log.stat().st_size
@@ -508,7 +508,7 @@ def test_a_segment_worker_that_dies_fails_only_its_series(harness, studies, tmp_
     from db.models import Failure
     from flows import harvest
     from flows.options import HarvestOptions
-    from flows.segment_flow import SeriesJob
+    from flows.segment_jobs import SeriesJob
 
     root = studies["root"]
     jobs = [SeriesJob(study_instance_uid=st["study_instance_uid"],

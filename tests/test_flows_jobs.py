@@ -7,8 +7,8 @@ import pytest
 from multi_series import make_two_series_study
 
 from dicom_io.gsps import drawn_series
-from flows.pipeline import parse_gsps
-from flows.segment_flow import SeriesJob
+from flows.segment_jobs import SeriesJob
+from flows.segment_series import parse_gsps
 
 
 @pytest.fixture(scope="module")

@@ -108,6 +108,7 @@ def _report(workdir: Path, engine, summary: dict) -> Path:
     from collections import Counter
 
     from db import query_rows
+    from db.records import SegStatus
     from flows.artifacts import RunSummary, write_html_report
 
     rows = query_rows(engine)
@@ -115,8 +116,8 @@ def _report(workdir: Path, engine, summary: dict) -> Path:
                      found=summary["found"], already_done=summary["already_done"],
                      retrieved_gsps=summary["retrieved_gsps"],
                      retrieved_series=summary["retrieved_series"],
-                     segmented=sum(1 for r in rows if r.status == "ok"),
-                     failed_segments=sum(1 for r in rows if r.status == "failed"),
+                     segmented=sum(1 for r in rows if r.status == SegStatus.OK),
+                     failed_segments=sum(1 for r in rows if r.status == SegStatus.FAILED),
                      skipped_annotations=summary["skipped_annotations"],
                      failed_by_stage=Counter(summary["failed_by_stage"]),
                      previews=[r.preview_path for r in rows if r.preview_path],

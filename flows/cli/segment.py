@@ -26,39 +26,37 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Segment, record, print one JSON document with a summary per segment; 1 if any input failed."""
+    from db.records import SegStatus
     from dicom_io.volume import load_series
-    from flows.pipeline import segment_series
+    from flows.segment_series import read_gsps_files, segment_series
     from flows.settings import Settings
+    from sam2ct.registry import choose_segmenter
 
     settings = Settings()
     volume = load_series(args.series, args.series_uid)
-    series_run = segment_series(volume, args.gsps, args.out, args.model or settings.model,
-                                args.device or settings.device)
+    parsed, failures = read_gsps_files(args.gsps)
+    choice = choose_segmenter(args.model or settings.model, device=args.device or settings.device)
+    series_run = segment_series(volume, parsed, choice, args.out, failures)
     if series_run.warning:
         print(f"WARNING: {series_run.warning}", file=sys.stderr)
     if not args.no_catalog:
-        _record(volume, args.series, series_run, args.catalog or settings.catalog_url)
-    document = {"series_instance_uid": volume.series_instance_uid, "warning": series_run.warning,
-                "segments": [r.to_json() for r in series_run.results]}
-    print(json.dumps(document, indent=2))
-    failed = [r for r in series_run.results if r.status == "failed"]
-    for r in failed:
-        print(f"sam2ct segment: failed: {r.reason}", file=sys.stderr)
+        _record(args.series, series_run, args.catalog or settings.catalog_url)
+    segments = series_run.to_json()
+    print(json.dumps({"series_instance_uid": volume.series_instance_uid,
+                      "warning": series_run.warning, "segments": segments}, indent=2))
+    failed = [s for s in segments if s["status"] == SegStatus.FAILED]
+    for s in failed:
+        print(f"sam2ct segment: failed: {s['reason']}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _record(volume, series_dir: Path, series_run, catalog_url: str) -> None:
+def _record(series_dir: Path, series_run, catalog_url: str) -> None:
     """Record the series, its GSPS, annotations, segmentations and failures (idempotent)."""
     from db import Recorder, open_catalog
-    from db.records import FailureRecord, Stage
-    from flows.recording import build_series_results
 
     if catalog_url.startswith("sqlite:///"):
         Path(catalog_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     recorder = Recorder(open_catalog(catalog_url))
-    recorder.record_series_results(build_series_results(
-        volume, Path(series_dir), series_run.parsed, series_run.results, series_run.algorithm))
-    for r in series_run.results:
-        if r.annotation_index < 0:  # the GSPS file itself was unusable
-            recorder.record_failure(FailureRecord(Stage.PARSE, Path(r.gsps_file).name,
-                                                  "DicomInputError", r.reason or ""))
+    recorder.record_series_results(series_run.catalog_records(Path(series_dir)))
+    for failure in series_run.failure_records():
+        recorder.record_failure(failure)

@@ -1,25 +1,22 @@
-"""Lesion measures of the pipeline (flows.pipeline._measure), taken on the mask's bounding box,
+"""Lesion measures of a mask (sam2ct.geometry.measure_mask), taken on the mask's bounding box,
 against the same measures taken on the whole volume."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from dicom_io.volume import SliceSource, Volume
-from flows.pipeline import SegmentResult, _measure, bounding_box
-from sam2ct.geometry import long_axis_mm, longest_chord, longest_perpendicular
+from sam2ct.geometry import (
+    bounding_box,
+    long_axis_mm,
+    longest_chord,
+    longest_perpendicular,
+    measure_mask,
+)
 
 
-def _volume(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> Volume:
-    rng = np.random.default_rng(3)
-    affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
-    affine[:3, 3] = (-100.0, -120.0, 40.0)
-    slices = tuple(SliceSource(f"1.2.3.{k}", "1.2.840.10008.5.1.4.1.1.2", Path(f"{k}.dcm"))
-                   for k in range(shape[0]))
-    return Volume(rng.normal(40, 30, shape).astype(np.float32), affine, "1.2", "1.2.3", slices)
+def _image(shape: tuple[int, int, int]) -> np.ndarray:
+    return np.random.default_rng(3).normal(40, 30, shape).astype(np.float32)
 
 
 def _lesion(shape: tuple[int, int, int]) -> np.ndarray:
@@ -32,16 +29,15 @@ def _lesion(shape: tuple[int, int, int]) -> np.ndarray:
 
 @pytest.mark.parametrize("spacing", [(5.0, 0.8, 0.8), (2.5, 0.7, 1.1)])
 def test_measures_on_the_box_equal_those_on_the_volume(spacing):
-    volume = _volume((16, 96, 128), spacing)
-    mask = _lesion(volume.array.shape)
-    result = SegmentResult("1.2.3.4", 0, "line")
-    _measure(result, mask, volume)
+    image = _image((16, 96, 128))
+    mask = _lesion(image.shape)
+    result = measure_mask(mask, spacing, image)
 
     where = np.argwhere(mask)
     assert result.bbox == (*map(int, where.min(axis=0)), *map(int, where.max(axis=0)))
     assert result.voxels == int(mask.sum())
     assert result.volume_ml == round(mask.sum() * float(np.prod(spacing)) / 1000.0, 3)
-    assert result.mean_hu == round(float(volume.array[mask].mean()), 1)
+    assert result.mean_hu == round(float(image[mask].mean()), 1)
     largest = mask[int(np.argmax(mask.sum(axis=(1, 2))))]
     axis = longest_chord(largest, spacing[1:])
     assert result.long_axis_mm == round(long_axis_mm(mask, spacing), 2)
