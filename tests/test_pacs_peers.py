@@ -63,6 +63,37 @@ def test_discovery_runs_every_query_on_one_association(orthanc, local, corpus) -
     assert orthanc.log.read_text().count(opened) - before == 1
 
 
+def test_a_response_waits_for_its_request_not_the_association_thread(peer, local) -> None:
+    """The lost matches of discovery: pynetdicom's association thread took C-FIND responses
+    that arrived while it ran ("Received unexpected C-FIND service message") and dropped them.
+    A response put on an established association's queue while that thread runs freely stays
+    there for the send_c_*() that waits for it (on the old code it was gone within
+    milliseconds), and a request still reaches it."""
+    import time
+
+    from pynetdicom.dimse_primitives import C_FIND
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FindModel
+
+    from dicom_io.pacs.association import open_association
+    from dicom_io.pacs.query import build_context
+
+    with open_association(_pacs(peer), local, [build_context(FindModel)]) as assoc:
+        response = C_FIND()
+        response.MessageIDBeingRespondedTo = 7
+        response.AffectedSOPClassUID = FindModel
+        response.Status = 0xFF00
+        assert response.is_valid_response and not response.is_valid_request
+        assoc.dimse.msg_queue.put((1, response))
+        deadline = time.monotonic() + 0.3  # the thread polls its queue every millisecond
+        while time.monotonic() < deadline and assoc.dimse.msg_queue.qsize() == 1:
+            time.sleep(0.01)
+        assert assoc.dimse.msg_queue.qsize() == 1, "the association thread took the response"
+        assert assoc.dimse.get_msg(block=True) == (1, response)  # the waiting caller gets it
+        assert assoc.dimse.get_msg(block=False) == (None, None)
+        found = find(_pacs(peer), local, QueryLevel.STUDY, {"StudyDate": "20260101-20260131"})
+        assert found.matches  # and a new association works as before
+
+
 def test_find_levels(peer, local, corpus) -> None:
     studies = find_studies(_pacs(peer), local, *JAN)
     assert [s.study_instance_uid for s in studies] == [

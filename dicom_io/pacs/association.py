@@ -240,6 +240,34 @@ def ack_at_once(event: evt.Event) -> None:
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only; elsewhere ACKs stay delayed
 
 
+def keep_responses_for_the_caller(assoc: Association) -> None:
+    """Let only the ``send_c_*()`` call that waits for them take responses off the DIMSE queue.
+
+    pynetdicom's association thread (its reactor) takes any message it finds on the queue while
+    it runs and serves it as a request; a response it finds there is logged as "Received
+    unexpected C-FIND service message" and dropped. A ``send_c_*()`` pauses the reactor before
+    sending, but the pause handshake can pass on a stale "paused" flag (the reactor was released
+    by the previous request's last response and has not run since; or, on a fresh association,
+    it is between its flag and its wait): the reactor then runs on for a moment after the
+    request went out, and takes whatever response arrives in that moment. Discovery lost
+    matches so, a few C-FINDs in a thousand, more under load. As a requestor we are never sent
+    a request the reactor must serve outside a ``send_c_*()`` (C-GET's C-STOREs arrive while
+    ``send_c_get()`` reads the queue), so the reactor's non-blocking reads now leave responses
+    where they are.
+    """
+    dimse = assoc.dimse
+    take = dimse.get_msg
+
+    def get_msg(block: bool = False):  # noqa: ANN202 (pynetdicom's own signature)
+        if not block:
+            _, msg = dimse.peek_msg()
+            if msg is not None and not msg.is_valid_request:
+                return None, None
+        return take(block)
+
+    dimse.get_msg = get_msg
+
+
 def _associate_once(
     pacs: PacsSettings,
     local: LocalAE,
@@ -271,6 +299,7 @@ def _associate_once(
     )
     if assoc.is_established:
         drop_standard_log_handlers(assoc)
+        keep_responses_for_the_caller(assoc)
         return assoc
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
