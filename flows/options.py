@@ -14,30 +14,55 @@ Example
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
-from dicom_io.pacs import HarvestWindow, LocalAE, PacsSettings, RetrieveMethod
+from dicom_io.pacs import LocalAE, PacsHours, PacsSettings, RetrieveMethod
 from flows.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: the options offered as flags of ``sam2ct harvest`` and ``backfill``: field -> flag (type,
+#: help and bounds come from the field)
+CLI_FLAGS = {"pacs": "--pacs", "catalog_url": "--catalog", "staging_dir": "--staging",
+             "output_dir": "--out", "model": "--model", "max_associations": "--max-associations",
+             "pacs_hours": "--pacs-hours", "store_back": "--store-back",
+             "segment_deployment": "--segment-deployment",
+             "segment_workers": "--segment-workers"}
 
 
 class HarvestOptions(BaseModel):
-    """Where to harvest from, where results go, and how politely (bounds checked by pydantic)."""
+    """Where to harvest from, where results go, and how politely (bounds checked by pydantic).
+
+    Each option is declared here once: its type, bounds, default and description; ``Settings``
+    gives the defaults of the fields it shares by name, and ``sam2ct harvest`` / ``backfill``
+    derive their flags from ``CLI_FLAGS``.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     pacs: str = Field(description="the PACS as AET@host:port")
-    method: RetrieveMethod = RetrieveMethod.MOVE
-    ae_title: str = "SAM2CT"
-    store_port: int = Field(11113, ge=1, le=65535)
-    allowed_callers: tuple[str, ...] = ()
+    method: RetrieveMethod = Field(RetrieveMethod.MOVE, description="move | get")
+    ae_title: str = Field("SAM2CT", description="our AE title")
+    store_port: int = Field(11113, ge=1, le=65535, description="our storage SCP's port")
+    allowed_callers: tuple[str, ...] = Field(
+        (), description="AE titles besides the PACS allowed to send to our storage SCP")
     catalog_url: SecretStr = Field(description="catalog URL (may hold a password: kept secret)")
-    staging_dir: Path
-    output_dir: Path
-    model: str = "auto"
-    device: str | None = None
+    staging_dir: Path = Field(description="where retrieved DICOM is staged")
+    output_dir: Path = Field(description="SEG output folder")
+    model: str = Field("auto", description="auto | classical | PATH.pt")
+    device: str | None = Field(None, description="cuda | mps | cpu (default: best available)")
     max_associations: int = Field(2, ge=1, le=32, description="PACS associations at once")
     rate_per_second: float = Field(5.0, gt=0, le=1000, description="association openings per s")
     store_back: bool = Field(False, description="C-STORE our SEGs back to the PACS")
@@ -48,8 +73,18 @@ class HarvestOptions(BaseModel):
         None, ge=0, le=64, description="segment worker processes; 0: in the flow's process; "
         "None: one per core (at most 4), one on a GPU")
     lease_seconds: float = Field(60.0, ge=60, le=3600, description="concurrency slot lease")
-    harvest_window: str | None = Field(
-        None, description="HH:MM-HH:MM local time the PACS may be used (may wrap midnight)")
+    pacs_hours: str | None = Field(
+        None, validation_alias=AliasChoices("pacs_hours", "harvest_window"),
+        description="HH:MM-HH:MM local time the PACS may be used (may wrap midnight); "
+        "formerly 'harvest_window'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "harvest_window" in data:
+            logger.warning("the option 'harvest_window' is deprecated: it is 'pacs_hours', the "
+                           "hours the PACS may be used (the study dates are the window)")
+        return data
 
     @field_validator("pacs")
     @classmethod
@@ -57,30 +92,26 @@ class HarvestOptions(BaseModel):
         PacsSettings.parse(value)
         return value
 
-    @field_validator("harvest_window")
+    @field_validator("pacs_hours")
     @classmethod
-    def _valid_window(cls, value: str | None) -> str | None:
+    def _valid_hours(cls, value: str | None) -> str | None:
         if value is not None:
-            HarvestWindow.parse(value)
+            PacsHours.parse(value)
         return value
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> HarvestOptions:
-        """Options from the loaded ``Settings``; ``overrides`` win. Raises if no PACS is set."""
-        pacs = overrides.pop("pacs", None) or settings.pacs
-        if not pacs:
-            raise ValueError("no PACS configured - set SAM2CT_PACS=AET@host:port")
-        values: dict[str, Any] = {
-            "pacs": pacs, "method": RetrieveMethod(settings.pacs_method),
-            "ae_title": settings.ae_title, "store_port": settings.store_port,
-            "allowed_callers": tuple(settings.allowed_callers),
-            "catalog_url": settings.catalog_url, "staging_dir": settings.data_dir / "staging",
-            "output_dir": settings.data_dir / "seg", "model": settings.model,
-            "device": settings.device, "harvest_window": settings.harvest_window,
-            "segment_deployment": settings.segment_deployment,
-            "segment_workers": settings.segment_workers,
-        }
+        """Options from the loaded ``Settings`` (every field of the same name, the folders in
+        its data folder); ``overrides`` win. Raises if no PACS is set."""
+        values: dict[str, Any] = {name: getattr(settings, name) for name in cls.model_fields
+                                  if getattr(settings, name, None) is not None}
+        values.update(method=RetrieveMethod(settings.pacs_method),
+                      allowed_callers=tuple(settings.allowed_callers),
+                      staging_dir=settings.data_dir / "staging",
+                      output_dir=settings.data_dir / "seg")
         values.update(overrides)
+        if not values.get("pacs"):
+            raise ValueError("no PACS configured - set SAM2CT_PACS=AET@host:port")
         return cls(**values)
 
     @property
@@ -94,11 +125,11 @@ class HarvestOptions(BaseModel):
         return self.pacs_settings().ae_title
 
     def pacs_settings(self) -> PacsSettings:
-        """The PACS client's settings, with our politeness limits and harvest window."""
-        window = HarvestWindow.parse(self.harvest_window) if self.harvest_window else None
+        """The PACS client's settings, with our politeness limits and the PACS hours."""
+        hours = PacsHours.parse(self.pacs_hours) if self.pacs_hours else None
         return PacsSettings.parse(self.pacs, method=self.method,
                                   max_associations=self.max_associations,
-                                  max_rate=self.rate_per_second, harvest_window=window)
+                                  max_rate=self.rate_per_second, pacs_hours=hours)
 
     def local_ae(self) -> LocalAE:
         """Ourselves: AE title, storage SCP port and who may send to it."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+
+logger = logging.getLogger(__name__)
 
 
 def default_data_dir() -> Path:
@@ -27,7 +30,8 @@ class Settings(BaseSettings):
     ae_title: str = "SAM2CT"
     store_port: int = 11113
     allowed_callers: list[str] = Field(default_factory=list)
-    harvest_window: str | None = None  # "19:00-07:00": when the PACS may be used (local time)
+    pacs_hours: str | None = None  # "19:00-07:00": when the PACS may be used (local time)
+    harvest_window: str | None = None  # deprecated name of pacs_hours (SAM2CT_HARVEST_WINDOW)
     model: str = "auto"  # auto | classical | path to a SAM2CT checkpoint
     device: str | None = None  # cuda | mps | cpu; None picks the best available
     segment_deployment: str | None = None  # "segment-batch/segment": segment on the GPU pool
@@ -37,6 +41,15 @@ class Settings(BaseSettings):
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
                                    dotenv_settings, file_secret_settings):  # noqa: D102
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _old_names(self) -> Settings:
+        if self.harvest_window is not None:
+            logger.warning("SAM2CT_HARVEST_WINDOW is deprecated: set SAM2CT_PACS_HOURS, the "
+                           "hours the PACS may be used (a harvest's window is its study dates)")
+            if self.pacs_hours is None:
+                self.pacs_hours = self.harvest_window
+        return self
 
     @property
     def catalog_url(self) -> str:

@@ -120,27 +120,60 @@ def test_cli_rejects_reversed_window_in_one_line(capsys):
     assert len(err) == 1 and "before --from" in err[0]
 
 
-def test_harvest_window_is_a_flow_option_and_cli_flag(tmp_path, capsys):
+def test_pacs_hours_are_a_flow_option_and_cli_flag(tmp_path, capsys):
     from flows.cli.harvest import options_from
 
-    window = _options(harvest_window="19:00-07:00").pacs_settings().harvest_window
-    assert (window.start, window.end) == (dt.time(19), dt.time(7))
-    assert _options().pacs_settings().harvest_window is None
-    with pytest.raises(ValueError, match="harvest_window"):
-        _options(harvest_window="19:00")
+    hours = _options(pacs_hours="19:00-07:00").pacs_settings().pacs_hours
+    assert (hours.start, hours.end) == (dt.time(19), dt.time(7))
+    assert _options().pacs_settings().pacs_hours is None
+    with pytest.raises(ValueError, match="pacs_hours"):
+        _options(pacs_hours="19:00")
     args = build_parser().parse_args(["harvest", "--from", "2026-01-01", "--to", "2026-01-01",
-                                      "--pacs", "P@h:104", "--harvest-window", "22:30-05:00",
+                                      "--pacs", "P@h:104", "--pacs-hours", "22:30-05:00",
                                       "--catalog", f"sqlite:///{tmp_path / 'c.sqlite'}"])
-    assert options_from(args).pacs_settings().harvest_window.start == dt.time(22, 30)
-    from flows.settings import Settings  # SAM2CT_HARVEST_WINDOW reaches the options too
+    assert options_from(args).pacs_settings().pacs_hours.start == dt.time(22, 30)
+    from flows.settings import Settings  # SAM2CT_PACS_HOURS reaches the options too
 
-    opts = HarvestOptions.from_settings(Settings(data_dir=tmp_path, harvest_window="19:00-07:00"),
+    opts = HarvestOptions.from_settings(Settings(data_dir=tmp_path, pacs_hours="19:00-07:00"),
                                         pacs="P@h:104")
-    assert opts.pacs_settings().harvest_window.end == dt.time(7)
+    assert opts.pacs_settings().pacs_hours.end == dt.time(7)
     code = main(["harvest", "--from", "2026-01-01", "--to", "2026-01-01", "--pacs", "P@h:104",
-                 "--harvest-window", "25:00-07:00"])
+                 "--pacs-hours", "25:00-07:00"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "harvest_window" in err[0]
+    assert code == 2 and len(err) == 1 and "pacs_hours" in err[0]
+
+
+def test_the_old_harvest_window_names_still_work_with_a_deprecation_note(tmp_path, caplog):
+    """'Harvest window' meant the PACS's hours as well as the study dates: the hours are now
+    pacs_hours; the old flag, variable and flow parameter are still accepted, with a note."""
+    from flows.cli.harvest import options_from
+    from flows.settings import Settings
+
+    with caplog.at_level("WARNING"):
+        old_param = _options(harvest_window="19:00-07:00")
+        args = build_parser().parse_args(["harvest", "--from", "2026-01-01", "--to",
+                                          "2026-01-01", "--pacs", "P@h:104",
+                                          "--harvest-window", "22:30-05:00",
+                                          "--catalog", f"sqlite:///{tmp_path / 'c.sqlite'}"])
+        old_flag = options_from(args)
+        old_env = HarvestOptions.from_settings(
+            Settings(data_dir=tmp_path, harvest_window="20:00-06:00"), pacs="P@h:104")
+    assert old_param.pacs_hours == "19:00-07:00" and old_flag.pacs_hours == "22:30-05:00"
+    assert old_env.pacs_hours == "20:00-06:00"
+    notes = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(notes) == 3 and all("pacs" in n.lower() for n in notes)
+
+
+def test_every_harvest_flag_is_a_declared_option(capsys):
+    """The flags are derived from HarvestOptions: each has its field's description."""
+    from flows.options import CLI_FLAGS
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["harvest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, flag in CLI_FLAGS.items():
+        assert flag in text
+        assert HarvestOptions.model_fields[name].description.split()[0] in text, name
 
 
 def test_torch_torchvision_and_sam2_are_pinned_once_in_pyproject():

@@ -11,16 +11,16 @@ import pytest
 from dicom_io.pacs import (
     Backoff,
     Gate,
-    HarvestWindow,
     LocalAE,
-    OutsideHarvestWindowError,
+    OutsidePacsHoursError,
+    PacsHours,
     PacsSettings,
     RetrieveMethod,
     TlsOptions,
     WindowPolicy,
     staged_path,
 )
-from dicom_io.pacs.association import check_harvest_window, drop_standard_log_handlers
+from dicom_io.pacs.association import check_pacs_hours, drop_standard_log_handlers
 
 
 def test_parse_address() -> None:
@@ -50,17 +50,17 @@ def test_settings_validate_on_construction() -> None:
     assert LocalAE(" ME ", 11112).ae_title == "ME"
 
 
-def test_harvest_window_wraps_midnight() -> None:
-    window = HarvestWindow.parse("19:00-07:00")
+def test_pacs_hours_wraps_midnight() -> None:
+    window = PacsHours.parse("19:00-07:00")
     assert window.contains(dt.time(23, 30)) and window.contains(dt.time(6, 59))
     assert not window.contains(dt.time(12, 0))
     noon = dt.datetime(2026, 1, 5, 12, 0)
     assert window.seconds_until_open(noon) == 7 * 3600
-    pacs = PacsSettings("P", "h", 104, harvest_window=window)
-    with pytest.raises(OutsideHarvestWindowError) as info:
-        check_harvest_window(pacs, noon)
+    pacs = PacsSettings("P", "h", 104, pacs_hours=window)
+    with pytest.raises(OutsidePacsHoursError) as info:
+        check_pacs_hours(pacs, noon)
     assert info.value.seconds_until_open == 7 * 3600
-    check_harvest_window(pacs, dt.datetime(2026, 1, 5, 20, 0))  # open: no error
+    check_pacs_hours(pacs, dt.datetime(2026, 1, 5, 20, 0))  # open: no error
 
 
 def test_window_policy_and_tls_settings_validate() -> None:
@@ -70,8 +70,8 @@ def test_window_policy_and_tls_settings_validate() -> None:
         PacsSettings("P", "h", 104, window_policy="later")
     with pytest.raises(ValueError, match="'window_max_wait' value '-1'"):
         PacsSettings("P", "h", 104, window_max_wait=-1)
-    with pytest.raises(ValueError, match="'harvest_window' value '07:00-07:00' - start equals end"):
-        HarvestWindow.parse("07:00-07:00")
+    with pytest.raises(ValueError, match="'pacs_hours' value '07:00-07:00' - start equals end"):
+        PacsHours.parse("07:00-07:00")
     with pytest.raises(ValueError, match="'local.tls' - our storage SCP needs cert_file"):
         LocalAE("ME", 11112, tls=TlsOptions(ca_file=Path("ca.pem")))
 

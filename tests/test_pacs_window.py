@@ -1,4 +1,4 @@
-"""The harvest window against a real Orthanc: a job started just before the window opens waits for
+"""The PACS hours against a real Orthanc: a job started just before the window opens waits for
 it; a backfill that reaches the window's end pauses until it opens again; "fail" and the maximum
 wait refuse at once. The clock is injected: local time starts where the test needs it and runs
 in real time, except that its sleeps may be compressed (``speed``) so a 12-hour pause is short.
@@ -13,12 +13,12 @@ import time
 import pytest
 from pynetdicom.sop_class import Verification
 
-from dicom_io.pacs import HarvestWindow, OutsideHarvestWindowError, PacsSettings
+from dicom_io.pacs import OutsidePacsHoursError, PacsHours, PacsSettings
 from dicom_io.pacs.association import build_context, open_association
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["pacs_fixtures"]  # fixtures: corpus, local, orthanc
-NIGHT = HarvestWindow.parse("19:00-07:00")
+NIGHT = PacsHours.parse("19:00-07:00")
 
 
 class TestClock:
@@ -43,7 +43,7 @@ class TestClock:
 
 
 def _pacs(peer, **options) -> PacsSettings:
-    return PacsSettings.parse(peer.address, harvest_window=NIGHT, max_rate=100.0, **options)
+    return PacsSettings.parse(peer.address, pacs_hours=NIGHT, max_rate=100.0, **options)
 
 
 def _echo(pacs: PacsSettings, local, clock: TestClock) -> dt.datetime:
@@ -86,10 +86,10 @@ def test_backfill_pauses_at_the_end_of_the_window_and_resumes(orthanc, local, ca
 
 def test_fail_policy_and_maximum_wait_refuse_at_once(orthanc, local) -> None:
     clock = TestClock(dt.datetime(2026, 1, 5, 18, 55), speed=86400.0)
-    with pytest.raises(OutsideHarvestWindowError, match="window_policy is fail") as info:
+    with pytest.raises(OutsidePacsHoursError, match="window_policy is fail") as info:
         _echo(_pacs(orthanc, window_policy="fail"), local, clock)
     assert 299 <= info.value.seconds_until_open <= 301
-    with pytest.raises(OutsideHarvestWindowError, match="later than window_max_wait 60 s"):
+    with pytest.raises(OutsidePacsHoursError, match="later than window_max_wait 60 s"):
         _echo(_pacs(orthanc, window_max_wait=60.0), local, clock)
     assert clock.sleeps == []  # refused without sleeping
     assert _echo(_pacs(orthanc, window_max_wait=600.0), local, clock).time() >= dt.time(19, 0)

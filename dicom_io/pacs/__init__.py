@@ -8,7 +8,7 @@ verification), ``store`` (C-STORE).
 from dicom_io.pacs.association import Gate, gate_for, open_association
 from dicom_io.pacs.errors import (
     AssociationRejectedError,
-    OutsideHarvestWindowError,
+    OutsidePacsHoursError,
     PacsBusyError,
     PacsError,
     PacsTimeoutError,
@@ -32,8 +32,8 @@ from dicom_io.pacs.query import (
 from dicom_io.pacs.retrieve import RetrievalReport, SubOperations, retrieve
 from dicom_io.pacs.settings import (
     Backoff,
-    HarvestWindow,
     LocalAE,
+    PacsHours,
     PacsSettings,
     RetrieveMethod,
     Timeouts,
@@ -46,7 +46,7 @@ from dicom_io.pacs.store import StoreReport, store_files
 __all__ = [
     "AssociationRejectedError", "Backoff", "Delivery", "discover_gsps", "echo", "find",
     "find_in_window", "find_instances", "find_series", "find_studies", "Gate", "gate_for",
-    "HarvestWindow", "InstanceMatch", "LocalAE", "open_association", "OutsideHarvestWindowError",
+    "PacsHours", "InstanceMatch", "LocalAE", "open_association", "OutsidePacsHoursError",
     "PacsBusyError", "PacsError", "PacsSettings", "PacsTimeoutError", "PacsUnavailableError",
     "QueryFailedError", "QueryLevel", "RetrievalIncompleteError", "RetrievalReport", "retrieve",
     "RetrieveMethod", "SeriesMatch", "staged_path", "StagingWriter", "StorageSCP", "store_files",

@@ -1,5 +1,5 @@
 """Opening associations politely: explicit timeouts, a per-PACS concurrency cap and rate limit,
-the harvest window (waited for, or refused), and back-off on rejections and "out of resources"
+the PACS hours (waited for, or refused), and back-off on rejections and "out of resources"
 statuses.
 
 Every call builds its own pynetdicom ``AE``: the client keeps no state between calls except the
@@ -30,7 +30,7 @@ from pynetdicom.transport import AssociationServer
 
 from dicom_io.pacs.errors import (
     AssociationRejectedError,
-    OutsideHarvestWindowError,
+    OutsidePacsHoursError,
     PacsBusyError,
     PacsError,
     PacsTimeoutError,
@@ -92,7 +92,7 @@ def gate_for(pacs: PacsSettings) -> Gate:
 
 
 class Clock(Protocol):
-    """Local wall-clock time and sleeping; injectable so the harvest window can be tested."""
+    """Local wall-clock time and sleeping; injectable so the PACS hours can be tested."""
 
     def now(self) -> dt.datetime:
         """The current local time (naive, like the window's times of day)."""
@@ -119,28 +119,28 @@ class SystemClock:
 WINDOW_POLL_S = 30.0
 
 
-def _outside_window(pacs: PacsSettings, wait: float, why: str = "") -> OutsideHarvestWindowError:
-    return OutsideHarvestWindowError(
-        f"PACS {pacs.address}: outside the harvest window {pacs.harvest_window}; "
+def _outside_window(pacs: PacsSettings, wait: float, why: str = "") -> OutsidePacsHoursError:
+    return OutsidePacsHoursError(
+        f"PACS {pacs.address}: outside the PACS hours {pacs.pacs_hours}; "
         f"opens in {wait:.0f} s{why}", wait)
 
 
-def check_harvest_window(pacs: PacsSettings, now: dt.datetime | None = None) -> None:
-    """Raise :class:`OutsideHarvestWindowError` when ``pacs`` has a window and it is closed."""
-    if pacs.harvest_window is None:
+def check_pacs_hours(pacs: PacsSettings, now: dt.datetime | None = None) -> None:
+    """Raise :class:`OutsidePacsHoursError` when ``pacs`` has a window and it is closed."""
+    if pacs.pacs_hours is None:
         return
-    wait = pacs.harvest_window.seconds_until_open(now or dt.datetime.now())
+    wait = pacs.pacs_hours.seconds_until_open(now or dt.datetime.now())
     if wait > 0:
         raise _outside_window(pacs, wait)
 
 
-def wait_for_harvest_window(pacs: PacsSettings, clock: Clock | None = None) -> float:
-    """Return once ``pacs``'s harvest window is open, after how many seconds of waiting.
+def wait_for_pacs_hours(pacs: PacsSettings, clock: Clock | None = None) -> float:
+    """Return once ``pacs``'s PACS hours have begun, after how many seconds of waiting.
 
     With ``window_policy`` "fail", or when the window opens later than ``window_max_wait``,
-    raise :class:`OutsideHarvestWindowError` at once instead of waiting. Logs once per wait.
+    raise :class:`OutsidePacsHoursError` at once instead of waiting. Logs once per wait.
     """
-    window = pacs.harvest_window
+    window = pacs.pacs_hours
     if window is None:
         return 0.0
     clock = clock or SystemClock()
@@ -151,7 +151,7 @@ def wait_for_harvest_window(pacs: PacsSettings, clock: Clock | None = None) -> f
     if pacs.window_policy is WindowPolicy.FAIL:
         raise _outside_window(pacs, wait, " (window_policy is fail)")
     _check_max_wait(pacs, 0.0, wait)
-    logger.info("PACS %s: outside the harvest window %s; waiting %.0f s for it to open",
+    logger.info("PACS %s: outside the PACS hours %s; waiting %.0f s for it to open",
                 pacs.address, window, wait)
     waited = 0.0
     while wait > 0:
@@ -159,7 +159,7 @@ def wait_for_harvest_window(pacs: PacsSettings, clock: Clock | None = None) -> f
         now = clock.now()
         waited, wait = (now - started).total_seconds(), window.seconds_until_open(now)
         _check_max_wait(pacs, waited, wait)
-    logger.info("PACS %s: harvest window open after waiting %.0f s", pacs.address, waited)
+    logger.info("PACS %s: PACS hours begun after waiting %.0f s", pacs.address, waited)
     return waited
 
 
@@ -332,11 +332,11 @@ def open_association(
 ) -> Iterator[Association]:
     """Yield an established association with ``pacs``, released (or aborted) on exit.
 
-    First waits for the harvest window (:func:`wait_for_harvest_window`, ``clock`` for tests).
+    First waits for the PACS hours (:func:`wait_for_pacs_hours`, ``clock`` for tests).
     Holds a slot of the PACS's gate for its whole life. Transient rejections and failed connects
     are retried with ``pacs.backoff``; a permanent rejection raises at once.
     """
-    wait_for_harvest_window(pacs, clock)
+    wait_for_pacs_hours(pacs, clock)
     gate = gate or gate_for(pacs)
     with gate.slot():
         assoc = retry_with_backoff(

@@ -31,8 +31,8 @@ class QueryFailedError(PacsError):
     """A C-FIND/C-MOVE/C-GET/C-STORE ended with a failure status."""
 
 
-class OutsideHarvestWindowError(PacsError):
-    """We are outside the configured harvest window; ``seconds_until_open`` says when it opens."""
+class OutsidePacsHoursError(PacsError):
+    """We are outside the configured PACS hours; ``seconds_until_open`` says when it opens."""
 
     def __init__(self, message: str, seconds_until_open: float) -> None:
         super().__init__(message)

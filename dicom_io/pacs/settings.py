@@ -26,7 +26,7 @@ _ADDRESS = re.compile(r"^(?P<aet>[^@]+)@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d+
 
 
 class WindowPolicy(StrEnum):
-    """What opening an association outside the harvest window does: wait for it, or fail."""
+    """What opening an association outside the PACS hours does: wait for it, or fail."""
 
     WAIT = "wait"
     FAIL = "fail"
@@ -139,10 +139,11 @@ class TlsOptions:
 
 
 @dataclass(frozen=True)
-class HarvestWindow:
-    """Daily time window during which we may talk to the PACS, e.g. 19:00-07:00 (may wrap midnight).
+class PacsHours:
+    """The daily hours during which we may talk to the PACS, e.g. 19:00-07:00 (may wrap
+    midnight); not to be confused with a harvest's window of study dates.
 
-    >>> HarvestWindow.parse("19:00-07:00").contains(dt.time(23, 0))
+    >>> PacsHours.parse("19:00-07:00").contains(dt.time(23, 0))
     True
     """
 
@@ -151,21 +152,21 @@ class HarvestWindow:
 
     def __post_init__(self) -> None:
         if self.start == self.end:
-            raise ValueError(f"Invalid 'harvest_window' value '{self}' - start equals end; "
+            raise ValueError(f"Invalid 'pacs_hours' value '{self}' - start equals end; "
                              "leave the window unset to allow any time")
 
     def __str__(self) -> str:
         return f"{self.start:%H:%M}-{self.end:%H:%M}"
 
     @classmethod
-    def parse(cls, text: str) -> HarvestWindow:
+    def parse(cls, text: str) -> PacsHours:
         """Parse ``HH:MM-HH:MM``."""
         try:
             a, b = text.split("-")
             start, end = dt.time.fromisoformat(a.strip()), dt.time.fromisoformat(b.strip())
         except ValueError as e:
             raise ValueError(
-                f"Invalid 'harvest_window' value '{text}' - expected HH:MM-HH:MM"
+                f"Invalid 'pacs_hours' value '{text}' - expected HH:MM-HH:MM"
             ) from e
         return cls(start, end)
 
@@ -193,7 +194,7 @@ class PacsSettings:
 
     ``max_associations`` caps simultaneous associations from this process, ``max_rate`` caps
     association openings per second, ``result_limit`` is the PACS's C-FIND result cap when known.
-    Outside ``harvest_window``, opening an association waits for the window to open
+    Outside ``pacs_hours``, opening an association waits for the window to open
     (``window_policy`` "wait", at most ``window_max_wait`` seconds, else it fails at once) or
     fails ("fail"); an association already open is not interrupted when the window closes.
     """
@@ -207,7 +208,7 @@ class PacsSettings:
     backoff: Backoff = field(default_factory=Backoff)
     max_associations: int = 2
     max_rate: float = 5.0
-    harvest_window: HarvestWindow | None = None
+    pacs_hours: PacsHours | None = None
     window_policy: WindowPolicy = WindowPolicy.WAIT
     window_max_wait: float = 86400.0
     result_limit: int | None = None

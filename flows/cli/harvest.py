@@ -31,23 +31,37 @@ def _date(text: str) -> dt.date:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from flows.options import CLI_FLAGS, HarvestOptions
+
     p.add_argument("--from", dest="start", required=True, type=_date, help="first study date")
     p.add_argument("--to", dest="end", required=True, type=_date, help="last study date")
-    p.add_argument("--pacs", help="AET@host:port (default: SAM2CT_PACS)")
-    p.add_argument("--catalog", help="catalog URL (default: SAM2CT_DATABASE_URL or SQLite)")
-    p.add_argument("--staging", type=Path, help="staging folder (default: <data dir>/staging)")
-    p.add_argument("--out", type=Path, help="SEG output folder (default: <data dir>/seg)")
-    p.add_argument("--model", help="auto | classical | PATH.pt (default: settings)")
-    p.add_argument("--max-associations", type=int, help="PACS associations at once (default 2)")
-    p.add_argument("--harvest-window", metavar="HH:MM-HH:MM",
-                   help="talk to the PACS only in this daily window, e.g. 19:00-07:00 "
-                        "(default: SAM2CT_HARVEST_WINDOW, none)")
-    p.add_argument("--store-back", action="store_true", help="C-STORE the SEGs to the PACS")
-    p.add_argument("--segment-deployment", help="run segmentation on this deployment (GPU pool)")
-    p.add_argument("--segment-workers", type=int, metavar="N",
-                   help="segment in N worker processes (0: in the flow's process; default: "
-                        "SAM2CT_SEGMENT_WORKERS, else one per core up to 4, one on a GPU)")
+    for name, flag in CLI_FLAGS.items():
+        field = HarvestOptions.model_fields[name]
+        kind = field.annotation
+        if kind is bool:
+            p.add_argument(flag, dest=name, action="store_true", default=None,
+                           help=field.description)
+            continue
+        convert = Path if kind is Path else int if kind in (int, int | None) else str
+        p.add_argument(flag, dest=name, type=convert,
+                       metavar=flag.removeprefix("--").upper().replace("-", "_"),
+                       help=f"{field.description} (default: {_default_of(name, field)})")
+    p.add_argument("--harvest-window", dest="harvest_window", metavar="HH:MM-HH:MM",
+                   help=argparse.SUPPRESS)  # the old name of --pacs-hours, still accepted
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+
+def _default_of(name: str, field) -> str:
+    """Where a flag's default comes from, for its help."""
+    settings = {"pacs": "SAM2CT_PACS", "catalog_url": "SAM2CT_DATABASE_URL or SQLite",
+                "staging_dir": "<data dir>/staging", "output_dir": "<data dir>/seg"}
+    if name in settings:
+        return settings[name]
+    env = f"SAM2CT_{name.upper()}, else " if name in _SETTINGS_FIELDS else ""
+    return f"{env}{'none' if field.default is None else field.default}"
+
+
+_SETTINGS_FIELDS = ("model", "pacs_hours", "segment_deployment", "segment_workers")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,21 +77,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def options_from(args: argparse.Namespace):
     """HarvestOptions from Settings and the flags given."""
-    from dicom_io.pacs import HarvestWindow
-    from flows.options import HarvestOptions
+    from dicom_io.pacs import PacsHours
+    from flows.options import CLI_FLAGS, HarvestOptions
     from flows.settings import Settings
 
-    if args.harvest_window:  # one clear line, not pydantic's report
-        HarvestWindow.parse(args.harvest_window)
-    overrides = {"pacs": args.pacs, "catalog_url": args.catalog, "staging_dir": args.staging,
-                 "output_dir": args.out, "model": args.model,
-                 "max_associations": args.max_associations,
-                 "segment_deployment": args.segment_deployment,
-                 "segment_workers": args.segment_workers,
-                 "harvest_window": args.harvest_window,
-                 "store_back": args.store_back or None}
-    return HarvestOptions.from_settings(Settings(), **{k: v for k, v in overrides.items()
-                                                       if v is not None})
+    if args.harvest_window:
+        logging.getLogger(__name__).warning("--harvest-window is deprecated: use --pacs-hours "
+                                            "(the hours the PACS may be used)")
+        args.pacs_hours = args.pacs_hours or args.harvest_window
+    if args.pacs_hours:  # one clear line, not pydantic's report
+        PacsHours.parse(args.pacs_hours)
+    given = {name: getattr(args, name) for name in CLI_FLAGS if getattr(args, name) is not None}
+    return HarvestOptions.from_settings(Settings(), **given)
 
 
 def _print(summaries: list[dict], as_json: bool) -> int:
