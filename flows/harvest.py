@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import TypeVar
 
 from prefect import flow
 from prefect.futures import PrefectFuture
@@ -65,6 +66,7 @@ from flows.tasks import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Errors that fail one object but not the run (recorded in the catalog, retried next run).
 ITEM_ERRORS = (PacsError, OSError, ValueError)
@@ -102,6 +104,20 @@ class _Run:
     def resolve(self, stage: Stage, uid: str) -> None:
         """The retry of a failed object worked."""
         self.recorder.resolve_failure(stage, uid)
+
+    def outcome(self, stage: Stage, uid: str, future: PrefectFuture[T],
+                reraise: bool = False) -> T | None:
+        """The task's result, its earlier failure resolved; or None (``reraise``: the error),
+        its failure recorded."""
+        try:
+            value = future.result()
+        except ITEM_ERRORS as exc:
+            self.fail(stage, uid, exc)
+            if reraise:
+                raise
+            return None
+        self.resolve(stage, uid)
+        return value
 
     def finish(self, status: RunStatus) -> None:
         """Write the run's final counts and status; publish the artifacts."""
@@ -182,13 +198,9 @@ def _gsps_stages(run: _Run, found: PrefectFuture[list[InstanceMatch]], start: dt
 def _discover(run: _Run, discovery: PrefectFuture[list[InstanceMatch]], start: dt.date,
               end: dt.date) -> list[InstanceMatch]:
     """The window's GSPS not yet catalogued (or held back by a failed series)."""
-    s, window = run.summary, f"window {start}..{end}"
-    try:
-        found = discovery.result()
-    except ITEM_ERRORS as exc:
-        run.fail(Stage.DISCOVER, window, exc)
-        raise
-    run.resolve(Stage.DISCOVER, window)
+    s = run.summary
+    # without the window's GSPS the run cannot go on
+    found = run.outcome(Stage.DISCOVER, f"window {start}..{end}", discovery, reraise=True)
     s.found = len(found)
     done = recorded_presentation_states(run.engine, [g.sop_instance_uid for g in found])
     done -= held_back(run.engine, done)
@@ -206,13 +218,7 @@ def _retrieve_gsps(run: _Run, todo: list[InstanceMatch]) -> list[str]:
     futures = {key: retrieve_gsps.submit(run.opts, items) for key, items in groups.items()}
     paths: list[str] = []
     for (_, series_uid), future in futures.items():
-        try:
-            got = future.result()
-        except ITEM_ERRORS as exc:
-            run.fail(Stage.RETRIEVE, series_uid, exc)
-            continue
-        run.resolve(Stage.RETRIEVE, series_uid)
-        paths.extend(got)
+        paths.extend(run.outcome(Stage.RETRIEVE, series_uid, future) or [])
     run.summary.retrieved_gsps = len(paths)
     return paths
 
@@ -266,13 +272,10 @@ def _as_arrived(run: _Run, futures: list[tuple[SeriesJob, PrefectFuture[str]]],
 
 def _arrived(run: _Run, job: SeriesJob, future: PrefectFuture[str]) -> str | None:
     """The staged folder of one retrieved series, or None (its failure recorded)."""
-    try:
-        folder = future.result()
-    except ITEM_ERRORS as exc:
-        run.fail(Stage.RETRIEVE, job.series_instance_uid, exc)
+    folder = run.outcome(Stage.RETRIEVE, job.series_instance_uid, future)
+    if folder is None:
         run.failed_series[job.series_instance_uid] = Stage.RETRIEVE.value
         return None
-    run.resolve(Stage.RETRIEVE, job.series_instance_uid)
     run.summary.retrieved_series += 1
     return folder
 
