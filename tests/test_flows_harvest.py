@@ -482,7 +482,11 @@ def test_segment_deployment_runs_batches_on_a_process_worker(harness, orthanc, t
         summary = nightly_harvest(day, day, opts)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(60)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:  # a loaded machine: Prefect's worker can hang on
+            os.killpg(worker.pid, signal.SIGKILL)  # its API calls while it shuts down (CI
+            worker.wait(30)  # saw it); its shutdown is not what this test checks
     assert summary["failed_by_stage"] == {}, log.read_text()[-3000:]
     assert summary["segmented"] == 2
     _check_two_series(open_catalog(pg_url), two_series)
