@@ -225,16 +225,24 @@ def _frames_of(ds: Dataset, series_uid: str) -> list[_Frame]:
 
 
 def _single_frame(ds: Dataset) -> _Frame:
-    """The geometry of a single-frame CT Image."""
+    """The geometry of a single-frame CT Image: every attribute in the dataset itself."""
+    return _frame(ds, None, ds, ds, ds, ds)
+
+
+def _frame(ds: Dataset, frame_number: int | None, position: Dataset, orientation: Dataset,
+           measures: Dataset, rescale: Dataset) -> _Frame:
+    """One frame of ``ds`` from the items that hold its plane position, orientation, pixel
+    measures and rescale (the dataset itself, or an enhanced image's functional groups)."""
     return _Frame(
-        source=SliceSource(str(ds.SOPInstanceUID), str(ds.SOPClassUID), Path(ds.filename)),
-        position=np.asarray(ds.ImagePositionPatient, dtype=float),
-        orientation=np.asarray(ds.ImageOrientationPatient, dtype=float),
-        pixel_spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
+        source=SliceSource(str(ds.SOPInstanceUID), str(ds.SOPClassUID), Path(ds.filename),
+                           frame_number),
+        position=np.asarray(position.ImagePositionPatient, dtype=float),
+        orientation=np.asarray(orientation.ImageOrientationPatient, dtype=float),
+        pixel_spacing=(float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
         shape=(int(ds.Rows), int(ds.Columns)),
-        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
-        thickness=_thickness(ds),
+        slope=float(rescale.get("RescaleSlope", 1.0) or 1.0),
+        intercept=float(rescale.get("RescaleIntercept", 0.0) or 0.0),
+        thickness=_thickness(measures),
     )
 
 
@@ -261,20 +269,7 @@ def _enhanced_frames(ds: Dataset) -> list[_Frame]:
         if position is None or orientation is None or measures is None:
             raise ValueError(f"frame {i + 1} lacks plane position, orientation or pixel measures")
         rescale = _group(ds, i, "PixelValueTransformationSequence") or Dataset()
-        frames.append(
-            _Frame(
-                source=SliceSource(
-                    str(ds.SOPInstanceUID), str(ds.SOPClassUID), Path(ds.filename), i + 1
-                ),
-                position=np.asarray(position.ImagePositionPatient, dtype=float),
-                orientation=np.asarray(orientation.ImageOrientationPatient, dtype=float),
-                pixel_spacing=(float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
-                shape=(int(ds.Rows), int(ds.Columns)),
-                slope=float(rescale.get("RescaleSlope", 1.0) or 1.0),
-                intercept=float(rescale.get("RescaleIntercept", 0.0) or 0.0),
-                thickness=_thickness(measures),
-            )
-        )
+        frames.append(_frame(ds, i + 1, position, orientation, measures, rescale))
     return frames
 
 
