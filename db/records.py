@@ -13,10 +13,13 @@ from datetime import date, datetime
 
 
 class RunStatus(enum.StrEnum):
-    """State of one harvest run."""
+    """State of one harvest run. ``INCOMPLETE``: it ran to its end, but its discovery's answers
+    did not add up, so the window may hold GSPS it never saw (the backfill and the next
+    reconciliation redo it)."""
 
     RUNNING = "running"
     COMPLETED = "completed"
+    INCOMPLETE = "incomplete"
     FAILED = "failed"
 
 

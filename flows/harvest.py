@@ -21,7 +21,7 @@ import datetime as dt
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import replace
@@ -41,7 +41,7 @@ from db.queries import (
 )
 from db.records import FailureRecord, HarvestRunRecord, RunStatus, Stage
 from dicom_io.gsps import GspsTarget, read_target
-from dicom_io.pacs import InstanceMatch, PacsError
+from dicom_io.pacs import Discovery, IncompleteDiscoveryError, InstanceMatch, PacsError
 from flows.artifacts import Progress, RunSummary, publish_summary
 from flows.options import HarvestOptions, resolve_window, window_bounds
 from flows.segment_flow import segment_one
@@ -145,7 +145,9 @@ def harvest_window(opts: HarvestOptions, start: dt.date, end: dt.date) -> RunSum
     status = RunStatus.FAILED
     try:
         _stages(run, start, end)
-        status = RunStatus.COMPLETED
+        # a discovery that did not add up is a recorded failure: the window is not done
+        status = (RunStatus.INCOMPLETE if run.summary.failed_by_stage[Stage.DISCOVER]
+                  else RunStatus.COMPLETED)
     finally:
         run.finish(status)
     return run.summary
@@ -182,7 +184,7 @@ def _stages(run: _Run, start: dt.date, end: dt.date) -> None:
         _store(run)
 
 
-def _gsps_stages(run: _Run, found: PrefectFuture[list[InstanceMatch]], start: dt.date,
+def _gsps_stages(run: _Run, found: PrefectFuture[Discovery], start: dt.date,
                  end: dt.date) -> list[SeriesJob]:
     """The discovered GSPS not yet done, retrieved and parsed: one job per CT series."""
     with _timed(run, "retrieve"):
@@ -195,16 +197,17 @@ def _gsps_stages(run: _Run, found: PrefectFuture[list[InstanceMatch]], start: dt
     return jobs
 
 
-def _discover(run: _Run, discovery: PrefectFuture[list[InstanceMatch]], start: dt.date,
+def _discover(run: _Run, discovery: PrefectFuture[Discovery], start: dt.date,
               end: dt.date) -> list[InstanceMatch]:
-    """The window's GSPS not yet catalogued (or held back by a failed series)."""
-    s = run.summary
+    """The window's GSPS not yet catalogued (or held back by a failed series); a discovery
+    whose answers did not add up is the window's recorded failure (redone next time)."""
+    s, window = run.summary, f"window {start}..{end}"
     # without the window's GSPS the run cannot go on
-    found = run.outcome(Stage.DISCOVER, f"window {start}..{end}", discovery, reraise=True)
-    s.found = len(found)
-    done = recorded_presentation_states(run.engine, [g.sop_instance_uid for g in found])
-    done -= held_back(run.engine, done)
-    todo = [g for g in found if g.sop_instance_uid not in done]
+    found = run.outcome(Stage.DISCOVER, window, discovery, reraise=True)
+    if not found.complete:
+        run.fail(Stage.DISCOVER, window, IncompleteDiscoveryError("; ".join(found.shortfalls)))
+    s.found = len(found.gsps)
+    todo = to_harvest(run.engine, found.gsps)
     s.already_done = s.found - len(todo)
     run.progress.set(10.0, f"{s.found} GSPS found, {len(todo)} to do")
     return todo
@@ -429,6 +432,13 @@ def _hold_shared(run: _Run) -> None:
         run.recorder.record_failure(FailureRecord(
             _HOLD[0], uid, _HOLD[1], f"series it is drawn on failed: {stages}; redone next run",
             run.run_id))
+
+
+def to_harvest(engine: Engine, found: Sequence[InstanceMatch]) -> list[InstanceMatch]:
+    """Which of these GSPS are not done: not catalogued, or held back by a failed series."""
+    done = recorded_presentation_states(engine, [g.sop_instance_uid for g in found])
+    done -= held_back(engine, done)
+    return [g for g in found if g.sop_instance_uid not in done]
 
 
 def held_back(engine: Engine, uids: set[str]) -> set[str]:

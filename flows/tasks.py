@@ -26,11 +26,12 @@ from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.tasks import exponential_backoff
 
 from dicom_io.pacs import (
+    Discovery,
     InstanceMatch,
     PacsError,
     RetrieveMethod,
     StorageSCP,
-    discover_gsps,
+    discover_window,
     retrieve,
     staged_path,
     store_files,
@@ -227,10 +228,11 @@ def storage_scp(options: HarvestOptions):
 
 
 @task(name="discover-gsps", **NETWORK)
-def discover(options: HarvestOptions, start: dt.date, end: dt.date) -> list[InstanceMatch]:
-    """Every GSPS of the studies dated ``start..end`` (C-FIND study -> PR series -> instances)."""
+def discover(options: HarvestOptions, start: dt.date, end: dt.date) -> Discovery:
+    """Every GSPS of the studies dated ``start..end`` (C-FIND study -> series -> instances),
+    checked: whether the PACS's answers added up."""
     with pacs_slot(options):
-        return discover_gsps(options.pacs_settings(), options.local_ae(), start, end)
+        return discover_window(options.pacs_settings(), options.local_ae(), start, end)
 
 
 @task(name="retrieve-gsps", **NETWORK)

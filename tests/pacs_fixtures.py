@@ -1,7 +1,9 @@
 """pytest fixtures for the PACS tests (load with ``pytest_plugins = ["pacs_fixtures"]``).
 
 Session-scoped, so one Orthanc and one dcmqrscp serve every PACS test module (tests only add to
-them): the corpus of test studies, our local AE, and the two peers loaded with the corpus.
+them): the corpus of test studies, our local AE, and the two peers loaded with the corpus. A peer
+is handed to the tests only once it answers for every file loaded (polled, never slept for):
+Orthanc's REST index counts them all, dcmqrscp's C-FIND lists every instance of every study.
 """
 
 from __future__ import annotations
@@ -9,12 +11,41 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
+from collections.abc import Callable, Iterable
 
 import pytest
 from conftest import free_port, shared
-from pacs_peers import OUR_AET, OrthancPeer, QrscpPeer, make_corpus
+from pacs_peers import OUR_AET, OrthancPeer, PeerStudy, QrscpPeer, make_corpus
 
-from dicom_io.pacs import LocalAE, PacsSettings, store_files
+from dicom_io.pacs import LocalAE, PacsSettings, QueryLevel, find, store_files
+
+
+def wait_for(holds: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Poll ``holds`` until it is true; raise naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not holds():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not reached within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def orthanc_loaded(peer: OrthancPeer, instances: int) -> None:
+    """Wait until Orthanc's index (GET /statistics) holds ``instances`` instances."""
+    wait_for(lambda: peer.rest("/statistics")["CountInstances"] == instances,
+             f"Orthanc indexing {instances} instances")
+
+
+def qrscp_loaded(peer: QrscpPeer, local: LocalAE, studies: Iterable[PeerStudy]) -> None:
+    """Wait until dcmqrscp's C-FIND lists every instance of each of ``studies``."""
+    pacs = PacsSettings.parse(peer.address, max_rate=100.0)
+
+    def listed(study: PeerStudy) -> bool:
+        keys = {"StudyInstanceUID": study.study_uid}
+        return len(find(pacs, local, QueryLevel.IMAGE, keys).matches) == len(study.files)
+
+    for study in studies:
+        wait_for(lambda s=study: listed(s), f"dcmqrscp listing study {study.study_uid}")
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +65,7 @@ def orthanc(tmp_path_factory, corpus, local):
     peer = OrthancPeer(tmp_path_factory.mktemp("orthanc"), free_port(), free_port(), OUR_AET,
                        local.store_port, limit_find_results=2, verbose=True).start()
     peer.upload(corpus.files)
+    orthanc_loaded(peer, len(corpus.files))
     yield peer
     peer.kill()  # nothing to keep: no need to wait for a graceful stop
 
@@ -46,6 +78,7 @@ def qrscp(tmp_path_factory, corpus, local):
                      local.store_port).start()
     report = store_files(PacsSettings.parse(peer.address), local, corpus.files)
     assert report.ok and report.stored == len(corpus.files)
+    qrscp_loaded(peer, local, corpus.all)
     yield peer
     peer.stop()
 
@@ -53,8 +86,6 @@ def qrscp(tmp_path_factory, corpus, local):
 @pytest.fixture(scope="session", params=["orthanc", "dcmqrscp"])
 def peer(request):
     return request.getfixturevalue("orthanc" if request.param == "orthanc" else "qrscp")
-
-
 
 
 @pytest.fixture
@@ -65,6 +96,7 @@ def fresh_orthanc(tmp_path, corpus, local):
     peer = OrthancPeer(tmp_path / "orthanc", free_port(), free_port(), OUR_AET,
                        local.store_port).start()
     peer.upload(list(corpus.a.files))
+    orthanc_loaded(peer, len(corpus.a.files))
     yield peer
     if peer.proc is not None:
         os.kill(peer.proc.pid, signal.SIGCONT)

@@ -8,6 +8,7 @@ verification), ``store`` (C-STORE).
 from dicom_io.pacs.association import Gate, gate_for, open_association
 from dicom_io.pacs.errors import (
     AssociationRejectedError,
+    IncompleteDiscoveryError,
     OutsidePacsHoursError,
     PacsBusyError,
     PacsError,
@@ -17,11 +18,13 @@ from dicom_io.pacs.errors import (
     RetrievalIncompleteError,
 )
 from dicom_io.pacs.query import (
+    Discovery,
     InstanceMatch,
     QueryLevel,
     SeriesMatch,
     StudyMatch,
     discover_gsps,
+    discover_window,
     echo,
     find,
     find_in_window,
@@ -44,7 +47,8 @@ from dicom_io.pacs.storage import Delivery, StagingWriter, StorageSCP, StoreOutc
 from dicom_io.pacs.store import StoreReport, store_files
 
 __all__ = [
-    "AssociationRejectedError", "Backoff", "Delivery", "discover_gsps", "echo", "find",
+    "AssociationRejectedError", "Backoff", "Delivery", "discover_gsps", "discover_window",
+    "Discovery", "echo", "find", "IncompleteDiscoveryError",
     "find_in_window", "find_instances", "find_series", "find_studies", "Gate", "gate_for",
     "PacsHours", "InstanceMatch", "LocalAE", "open_association", "OutsidePacsHoursError",
     "PacsBusyError", "PacsError", "PacsSettings", "PacsTimeoutError", "PacsUnavailableError",

@@ -31,6 +31,10 @@ class QueryFailedError(PacsError):
     """A C-FIND/C-MOVE/C-GET/C-STORE ended with a failure status."""
 
 
+class IncompleteDiscoveryError(QueryFailedError):
+    """A discovery's answers did not add up after every re-query: the window is not done."""
+
+
 class OutsidePacsHoursError(PacsError):
     """We are outside the configured PACS hours; ``seconds_until_open`` says when it opens."""
 

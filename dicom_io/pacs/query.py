@@ -1,12 +1,14 @@
 """C-ECHO and Study Root C-FIND at study, series and image level; GSPS discovery in a date window.
 
 Queries that hit the PACS's result limit are split automatically: into smaller date windows, then
-a single day into StudyTime ranges.
+a single day into StudyTime ranges. A discovery checks that its answers add up (see
+:class:`Discovery`) and asks again, a few times, where they do not.
 
 Example
 -------
->>> gsps = discover_gsps(pacs, local, dt.date(2026, 1, 1), dt.date(2026, 1, 31))  # doctest: +SKIP
->>> {g.series_instance_uid for g in gsps}  # doctest: +SKIP
+>>> found = discover_window(pacs, local, dt.date(2026, 1, 1), dt.date(2026, 1, 31))  # doctest: +SKIP
+>>> found.complete, len(found.gsps), found.queries  # doctest: +SKIP
+(True, 12, 9)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import TypeVar
 
 from pydicom.dataset import Dataset
@@ -32,7 +35,13 @@ from dicom_io.pacs.association import (
     open_association,
     retry_with_backoff,
 )
-from dicom_io.pacs.errors import PacsBusyError, PacsError, PacsTimeoutError, QueryFailedError
+from dicom_io.pacs.errors import (
+    IncompleteDiscoveryError,
+    PacsBusyError,
+    PacsError,
+    PacsTimeoutError,
+    QueryFailedError,
+)
 from dicom_io.pacs.settings import LocalAE, PacsSettings
 
 logger = logging.getLogger(__name__)
@@ -40,6 +49,9 @@ logger = logging.getLogger(__name__)
 GSPS_SOP_CLASS = str(GrayscaleSoftcopyPresentationStateStorage)
 _PENDING = frozenset({0xFF00, 0xFF01})
 _CANCELLED = 0xFE00
+
+#: How often a discovery asks one question when its answer does not add up (see Discovery).
+CHECK_ATTEMPTS = 3
 
 
 class QueryLevel(StrEnum):
@@ -53,7 +65,7 @@ class QueryLevel(StrEnum):
 #: Keys we ask for at each level (return keys, empty unless given a value).
 RETURN_KEYS: dict[QueryLevel, tuple[str, ...]] = {
     QueryLevel.STUDY: ("StudyInstanceUID", "StudyDate", "StudyTime", "ModalitiesInStudy",
-                       "NumberOfStudyRelatedInstances"),
+                       "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"),
     QueryLevel.SERIES: ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber",
                         "NumberOfSeriesRelatedInstances"),
     QueryLevel.IMAGE: ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
@@ -71,19 +83,23 @@ class FindResult:
 
 @dataclass(frozen=True)
 class StudyMatch:
-    """One study found at study level."""
+    """One study found at study level; ``series_count``: its Number of Study Related Series
+    (None when the PACS did not say)."""
 
     study_instance_uid: str
     study_date: str
+    series_count: int | None = None
 
 
 @dataclass(frozen=True)
 class SeriesMatch:
-    """One series found at series level."""
+    """One series found at series level; ``instance_count``: its Number of Series Related
+    Instances (None when the PACS did not say)."""
 
     study_instance_uid: str
     series_instance_uid: str
     modality: str
+    instance_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,43 @@ class InstanceMatch:
     series_instance_uid: str
     sop_instance_uid: str
     sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The GSPS of a date window, and whether every answer of the PACS added up.
+
+    Each answer is checked against a count the PACS gave one level up: a study's series against
+    its Number of Study Related Series, a PR series' instances against its Number of Series
+    Related Instances. Where there is no such count (the window's studies; a PACS that returns
+    none, such as dcmqrscp) the question is asked twice and the answers must agree. An answer
+    that does not add up is asked again, up to ``CHECK_ATTEMPTS`` times in all, and every match
+    seen is kept; what still does not add up is named in ``shortfalls`` (UIDs and counts only).
+
+    Attributes
+    ----------
+    gsps : tuple of InstanceMatch
+        The GSPS found (also when incomplete: they exist).
+    shortfalls : tuple of str
+        One line per answer that never added up; empty when the discovery is complete.
+    queries : int
+        C-FINDs it took.
+    """
+
+    gsps: tuple[InstanceMatch, ...]
+    shortfalls: tuple[str, ...] = ()
+    queries: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """True when every answer added up: nothing of the window was missed."""
+        return not self.shortfalls
+
+    def checked(self) -> list[InstanceMatch]:
+        """The GSPS found; raises :class:`IncompleteDiscoveryError` unless complete."""
+        if not self.complete:
+            raise IncompleteDiscoveryError("discovery incomplete: " + "; ".join(self.shortfalls))
+        return list(self.gsps)
 
 
 def echo(pacs: PacsSettings, local: LocalAE) -> None:
@@ -304,29 +357,106 @@ def find_instances(pacs: PacsSettings, local: LocalAE, study_uid: str,
 
 def discover_gsps(pacs: PacsSettings, local: LocalAE, start: dt.date, end: dt.date,
                   sop_classes: Sequence[str] = (GSPS_SOP_CLASS,)) -> list[InstanceMatch]:
-    """Every GSPS of the studies dated ``start..end``: studies → PR series → instances, every
-    query on one association.
+    """Every GSPS of the studies dated ``start..end`` (:func:`discover_window`); raises
+    :class:`IncompleteDiscoveryError` when the PACS's answers did not add up."""
+    return discover_window(pacs, local, start, end, sop_classes).checked()
+
+
+def discover_window(pacs: PacsSettings, local: LocalAE, start: dt.date, end: dt.date,
+                    sop_classes: Sequence[str] = (GSPS_SOP_CLASS,),
+                    attempts: int = CHECK_ATTEMPTS) -> Discovery:
+    """Every GSPS of the studies dated ``start..end``, checked: studies → their series → the
+    PR series' instances, every query on one association.
 
     Instances whose SOP Class is not in ``sop_classes`` (e.g. other presentation states) are left
-    out; an instance whose class the PACS does not return is kept.
+    out; an instance whose class the PACS does not return is kept. See :class:`Discovery` for
+    the checks; with the PACS's counts a window costs one C-FIND more than unchecked (its
+    studies asked twice), without them every question is asked twice.
     """
-    def work(query: Finder) -> list[InstanceMatch]:
-        out: list[InstanceMatch] = []
-        for study in _studies(pacs, query, start, end):
-            uid = study.study_instance_uid
-            for series in _series(pacs, query, uid, modality="PR"):
-                out.extend(i for i in _instances(pacs, query, uid, series.series_instance_uid)
-                           if not i.sop_class_uid or i.sop_class_uid in sop_classes)
-        return _unique(out)
-
+    if attempts < 2:
+        raise ValueError(f"Invalid 'attempts' value {attempts} - must be at least 2")
     _check_window(start, end)
+
+    def work(query: Finder) -> Discovery:
+        counted = _Counted(query)
+        found, shortfalls = _window_gsps(pacs, counted, start, end, sop_classes, attempts)
+        return Discovery(tuple(found), tuple(shortfalls), counted.calls)
+
     return on_one_association(pacs, local, work)
+
+
+class _Counted:
+    """A :data:`Finder` that counts the C-FINDs made through it."""
+
+    def __init__(self, query: Finder) -> None:
+        self._query = query
+        self.calls = 0
+
+    def __call__(self, level: QueryLevel, keys: Mapping[str, str],
+                 return_keys: Iterable[str] | None = None) -> FindResult:
+        self.calls += 1
+        return self._query(level, keys, return_keys)
+
+
+def _window_gsps(pacs: PacsSettings, query: Finder, start: dt.date, end: dt.date,
+                 sop_classes: Sequence[str], attempts: int
+                 ) -> tuple[list[InstanceMatch], list[str]]:
+    """The window's GSPS and what did not add up: studies, then each study's PR series."""
+    studies, short = _until_it_adds_up(
+        partial(_studies, pacs, query, start, end), lambda s: s.study_instance_uid, None,
+        f"studies of {start}..{end}", attempts)
+    shortfalls = [short] if short else []
+    found: list[InstanceMatch] = []
+    for study in sorted(studies, key=lambda s: (s.study_date, s.study_instance_uid)):
+        uid = study.study_instance_uid
+        series, short = _until_it_adds_up(
+            partial(_series, pacs, query, uid), lambda s: s.series_instance_uid,
+            study.series_count, f"series of study {uid}", attempts)
+        shortfalls += [short] if short else []
+        for pr in (s for s in series if s.modality == "PR"):
+            instances, short = _until_it_adds_up(
+                partial(_instances, pacs, query, uid, pr.series_instance_uid),
+                lambda i: i.sop_instance_uid, pr.instance_count,
+                f"instances of series {pr.series_instance_uid}", attempts)
+            shortfalls += [short] if short else []
+            found += [i for i in instances if not i.sop_class_uid or i.sop_class_uid in sop_classes]
+    return _unique(found), shortfalls
+
+
+def _until_it_adds_up(ask: Callable[[], list[T]], key: Callable[[T], str], expected: int | None,
+                      what: str, attempts: int) -> tuple[list[T], str | None]:
+    """Ask until the answer adds up: ``expected`` matches (the count the PACS gave one level
+    up; more is an object that arrived since) or, without a count, the same matches twice
+    running. Return every match seen and, if it never added up, a line saying so."""
+    seen: dict[str, T] = {}
+    last: set[str] | None = None
+    for _ in range(attempts):
+        answer = {key(item): item for item in ask()}
+        for k, item in answer.items():
+            seen.setdefault(k, item)
+        if (len(seen) >= expected) if expected is not None else set(answer) == last:
+            return list(seen.values()), None
+        last = set(answer)
+    if expected is not None:
+        return list(seen.values()), (f"{what}: {len(seen)} of the {expected} the PACS counts, "
+                                     f"after {attempts} queries")
+    return list(seen.values()), f"{what}: {attempts} answers, no two running alike"
+
+
+def _count(ds: Dataset, keyword: str) -> int | None:
+    """An IS count the PACS returned, or None when it returned none (or nonsense)."""
+    try:
+        value = int(ds.get(keyword) or "")
+    except (TypeError, ValueError):
+        return None
+    return value if value >= 0 else None
 
 
 def _studies(pacs: PacsSettings, query: Finder, start: dt.date, end: dt.date
              ) -> list[StudyMatch]:
     found = _in_window(pacs, query, QueryLevel.STUDY, start, end)
-    unique = {d.StudyInstanceUID: StudyMatch(d.StudyInstanceUID, str(d.get("StudyDate", "")))
+    unique = {d.StudyInstanceUID: StudyMatch(d.StudyInstanceUID, str(d.get("StudyDate", "")),
+                                             _count(d, "NumberOfStudyRelatedSeries"))
               for d in found if d.get("StudyInstanceUID")}
     return sorted(unique.values(), key=lambda s: (s.study_date, s.study_instance_uid))
 
@@ -335,7 +465,8 @@ def _series(pacs: PacsSettings, query: Finder, study_uid: str,
             modality: str | None = None) -> list[SeriesMatch]:
     keys = {"StudyInstanceUID": study_uid, **({"Modality": modality} if modality else {})}
     result = _complete(pacs, query(QueryLevel.SERIES, keys, None), f"study {study_uid}")
-    return [SeriesMatch(study_uid, d.SeriesInstanceUID, str(d.get("Modality", "")))
+    return [SeriesMatch(study_uid, d.SeriesInstanceUID, str(d.get("Modality", "")),
+                        _count(d, "NumberOfSeriesRelatedInstances"))
             for d in result if d.get("SeriesInstanceUID")
             and (modality is None or d.get("Modality") == modality)]
 
@@ -364,7 +495,8 @@ def _unique(items: list[InstanceMatch]) -> list[InstanceMatch]:
     return list({i.sop_instance_uid: i for i in items}.values())
 
 
-__all__ = ["FindResult", "InstanceMatch", "PacsError", "QueryLevel", "SeriesMatch", "StudyMatch",
-           "discover_gsps", "echo", "find", "find_in_window", "find_instances",
+__all__ = ["CHECK_ATTEMPTS", "Discovery", "FindResult", "IncompleteDiscoveryError",
+           "InstanceMatch", "PacsError", "QueryLevel", "SeriesMatch", "StudyMatch",
+           "discover_gsps", "discover_window", "echo", "find", "find_in_window", "find_instances",
            "find_series", "find_studies", "make_identifier", "on_one_association", "split_dates",
            "split_day"]
