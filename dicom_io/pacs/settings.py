@@ -14,6 +14,7 @@ Example
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import random
 import re
 import ssl
@@ -48,6 +49,15 @@ def check_ae_title(name: str, value: str) -> str:
             "ASCII characters without backslash"
         )
     return stripped
+
+
+def check_ip_address(name: str, value: str) -> str:
+    """Return ``value`` stripped if it is an IPv4 or IPv6 address, else raise ``ValueError``."""
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except (AttributeError, ValueError) as e:
+        raise ValueError(f"Invalid '{name}' value '{value}' - not an IP address (e.g. "
+                         "192.0.2.10, 127.0.0.1, or 0.0.0.0 for every interface)") from e
 
 
 def check_port(name: str, value: int) -> int:
@@ -260,23 +270,43 @@ class PacsSettings:
 
 @dataclass(frozen=True)
 class LocalAE:
-    """Ourselves: our AE title, the port of our storage SCP and who may send to it.
+    """Ourselves: our AE title, our storage SCP (where it listens, how much it takes) and who may
+    send to it.
 
     An empty ``allowed_callers`` means only the PACS we retrieve from may call us (the caller must
     pass it explicitly); there is no accept-anyone mode. With ``tls`` our SCP accepts only TLS
     (the PACS must then send C-MOVE results over TLS too).
+
+    ``bind_address`` is the IP address the storage SCP listens on; ``None`` (the default) means
+    the local address of the route to the PACS (loopback when the PACS is on loopback or none is
+    known), never every interface unless set to ``"0.0.0.0"`` (or ``"::"``) explicitly. A
+    connection must carry a complete association request within ``acse_timeout`` seconds or is
+    closed; one remote address holds at most ``max_associations_per_peer`` connections at once,
+    all of them together at most ``max_associations``.
     """
 
     ae_title: str = "SAM2CT"
     store_port: int = 11113
     allowed_callers: tuple[str, ...] = ()
-    bind_address: str = ""
+    bind_address: str | None = None
     tls: TlsOptions | None = None
+    acse_timeout: float = 5.0
+    max_associations: int = 16
+    max_associations_per_peer: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title("ae_title", self.ae_title))
         check_port("store_port", self.store_port)
         callers = tuple(check_ae_title("allowed_callers", c) for c in self.allowed_callers)
         object.__setattr__(self, "allowed_callers", callers)
+        if self.bind_address is not None:
+            object.__setattr__(self, "bind_address", check_ip_address("bind_address",
+                                                                      self.bind_address))
         if self.tls is not None and self.tls.cert_file is None:
             raise ValueError("Invalid 'local.tls' - our storage SCP needs cert_file and key_file")
+        if not self.acse_timeout > 0:
+            raise ValueError(f"Invalid 'acse_timeout' value '{self.acse_timeout}' - must be > 0 s")
+        for name in ("max_associations", "max_associations_per_peer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Invalid '{name}' value '{value}' - must be an int >= 1")

@@ -1,8 +1,15 @@
 """Our embedded storage SCP and the staging area it writes to.
 
 Files land in ``staging/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, written to a
-temporary name in the same folder and renamed, so a file that exists is complete. Duplicates are
-acknowledged and ignored; a write error becomes a DIMSE failure status, never a dead server.
+temporary name in the same folder and renamed, so a file that exists is complete. An identical
+re-send is acknowledged and ignored; one with other content never replaces the first: it is kept
+apart under ``staging/quarantine/`` and reported (:data:`StoreOutcome.CONFLICT`). A write error
+becomes a DIMSE failure status, never a dead server.
+
+Guards against callers that are not our PACS (:class:`StorageSCP`): we listen on one address (the
+route to the PACS unless configured), check the called and calling AE titles, refuse deflated
+transfer syntaxes, cap the connections of one remote address and close a connection that has not
+made an association within ``LocalAE.acse_timeout``.
 
 Throughput (measured with ``bench/bench_pacs_retrieve.py``, CPU per 0.5 MB instance): one C-GET
 association costs ~4.5-5 ms in our process (DCMTK's getscu ~1.3 ms), of which our handler ~1.3 ms
@@ -25,10 +32,13 @@ Example
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
+import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -50,9 +60,11 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicom_io.files import write_atomic
 from dicom_io.pacs.association import ack_at_once, drop_log_handlers_on_establish
+from dicom_io.pacs.errors import PacsUnavailableError
 from dicom_io.pacs.settings import LocalAE
 
 logger = logging.getLogger(__name__)
@@ -62,13 +74,20 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
+#: PS3.4 Table B.2-1 "Warning: Elements Discarded": the nearest of the C-STORE statuses to "your
+#: content was not taken (kept apart)" for a re-send with other content; a failure status would
+#: make some PACS (Orthanc >= 1.6) abort the rest of the C-MOVE although the instance was received
+STATUS_ELEMENTS_DISCARDED = 0xB006
+#: the folder under the staging area where re-sends with other content are kept apart
+QUARANTINE = "quarantine"
 
 
 class StoreOutcome(StrEnum):
     """What happened to one received instance."""
 
     STORED = "stored"
-    DUPLICATE = "duplicate"
+    DUPLICATE = "duplicate"  # the same bytes as the instance already staged: nothing to do
+    CONFLICT = "conflict"  # the UID of a staged instance with other content: kept apart
     FAILED = "failed"
 
 
@@ -154,6 +173,10 @@ class StagingWriter:
         self._lock = threading.Lock()
         self._tallies: list[Tally] = []
         self._folders: set[Path] = set()  # series folders known to exist: one mkdir per series
+        #: one lock per stripe of SOP Instance UIDs: a check-then-write of one UID is not raced
+        #: by another association of this process (C-GET workers in other processes are not
+        #: covered)
+        self._uid_locks = tuple(threading.Lock() for _ in range(64))
         self.counts: Counter[StoreOutcome] = Counter()
 
     @contextmanager
@@ -168,7 +191,7 @@ class StagingWriter:
             with self._lock:
                 self._tallies.remove(tally)
 
-    def handle_store(self, event: evt.Event) -> int:
+    def handle_store(self, event: evt.Event) -> int | Dataset:
         """``evt.EVT_C_STORE`` handler: store the instance, return a DIMSE status."""
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
         try:
@@ -178,10 +201,7 @@ class StagingWriter:
                          event.assoc.requestor.ae_title, exc)
             delivery = Delivery(sop_uid, StoreOutcome.FAILED, None, str(exc))
         self.record(delivery)
-        if delivery.outcome is not StoreOutcome.FAILED:
-            return STATUS_SUCCESS
-        return STATUS_OUT_OF_RESOURCES if delivery.reason.startswith("write") else (
-            STATUS_CANNOT_UNDERSTAND)
+        return _status(delivery)
 
     def _store(self, event: evt.Event, sop_uid: str) -> Delivery:
         ds = _leading_elements(event)
@@ -189,16 +209,36 @@ class StagingWriter:
             raise ValueError("dataset SOPInstanceUID differs from the C-STORE request's")
         path = staged_path(self.staging, str(ds.get("StudyInstanceUID", "")),
                            str(ds.get("SeriesInstanceUID", "")), sop_uid)
-        if path.exists():
-            return Delivery(sop_uid, StoreOutcome.DUPLICATE, path)
         meta = file_meta_bytes(str(event.request.AffectedSOPClassUID),
                                sop_uid, str(event.context.transfer_syntax))
-        try:  # the received bytes as they are (no copy), after our File Meta
-            self._write(path, meta, event.encoded_dataset(include_meta=False))
+        data = event.encoded_dataset(include_meta=False)  # the received bytes, no copy
+        try:
+            with self._uid_locks[hash(sop_uid) % len(self._uid_locks)]:
+                if path.exists():
+                    return self._again(path, meta, data)
+                self._write(path, meta, data)
         except OSError as e:
             return Delivery(sop_uid, StoreOutcome.FAILED, None,
                             f"write error in staging: {e.strerror or e}")
         return Delivery(sop_uid, StoreOutcome.STORED, path)
+
+    def _again(self, path: Path, meta: bytes, data: bytes) -> Delivery:
+        """A delivery of a staged instance: a duplicate when its bytes (File Meta, so transfer
+        syntax, and dataset) are those staged, else kept apart under ``quarantine/``, one file
+        per distinct content, and reported."""
+        sop_uid = path.stem
+        if _same_content(path, meta, data):
+            return Delivery(sop_uid, StoreOutcome.DUPLICATE, path)
+        digest = hashlib.sha256(meta)
+        digest.update(data)
+        kept = (self.staging / QUARANTINE / path.relative_to(self.staging).parent
+                / f"{sop_uid}.{digest.hexdigest()[:16]}.dcm")
+        if not kept.exists():
+            write_atomic(kept, meta, data)
+        logger.warning("SOP Instance %s arrived again with other content than the staged one: "
+                       "kept apart in %s, the staged one unchanged", sop_uid, kept)
+        return Delivery(sop_uid, StoreOutcome.CONFLICT, kept,
+                        "already staged with other content: kept apart")
 
     def _write(self, path: Path, *chunks: bytes) -> None:
         folder = path.parent
@@ -221,6 +261,27 @@ class StagingWriter:
             self.on_delivery(delivery)
 
 
+def _status(delivery: Delivery) -> int | Dataset:
+    """The C-STORE response status for one delivery (PS3.4 Table B.2-1)."""
+    if delivery.outcome in (StoreOutcome.STORED, StoreOutcome.DUPLICATE):
+        return STATUS_SUCCESS
+    if delivery.outcome is StoreOutcome.CONFLICT:
+        status = Dataset()
+        status.Status = STATUS_ELEMENTS_DISCARDED
+        status.ErrorComment = "SOP Instance UID already received with other content"
+        return status
+    return STATUS_OUT_OF_RESOURCES if delivery.reason.startswith("write") else (
+        STATUS_CANNOT_UNDERSTAND)
+
+
+def _same_content(path: Path, meta: bytes, data: bytes) -> bool:
+    """Whether the file at ``path`` holds exactly ``meta`` followed by ``data``."""
+    if path.stat().st_size != len(meta) + len(data):
+        return False
+    staged = path.read_bytes()
+    return staged[:len(meta)] == meta and memoryview(staged)[len(meta):] == data
+
+
 _LAST_NEEDED = Tag("SeriesInstanceUID")
 _NEEDED = [Tag("SOPInstanceUID"), Tag("StudyInstanceUID"), Tag("SeriesInstanceUID")]
 
@@ -230,7 +291,7 @@ def _leading_elements(event: evt.Event) -> Dataset:
     cheaper than decoding the whole dataset (``event.dataset``) on every C-STORE."""
     ts = UID(event.context.transfer_syntax)
     raw = event.request.DataSet
-    if ts.is_deflated or not hasattr(raw, "seek"):
+    if not hasattr(raw, "seek"):  # deflated syntaxes are refused (storage_contexts_for_scp)
         return event.dataset
     raw.seek(0)
     try:
@@ -246,64 +307,220 @@ def _leading_elements(event: evt.Event) -> Dataset:
 _NOT_FOR_IMAGES = ("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.7.", "1.2.840.10008.1.2.4.94",
                    "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.204",
                    "1.2.840.10008.1.2.4.205")
+#: Deflated syntaxes (Explicit VR Little Endian; image frames): refused rather than inflated
+#: under a cap. Inflating is where the amplification is (778 KB on the wire became 1.6 GB to read
+#: three UIDs), no sender of CT needs them (Explicit and Implicit VR Little Endian are always
+#: offered beside), and a refusal leaves no inflated file for the segmenter to read later.
+_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 
 
 @functools.cache
 def storage_contexts_for_scp() -> tuple:
     """Presentation contexts our SCP accepts: every storage class, in any transfer syntax an
-    image can come in (uncompressed, deflated, every JPEG family, RLE).
+    image can come in (uncompressed, every JPEG family, RLE) except deflated ones.
 
     Explicit VR Little Endian is preferred and Implicit VR last, so private elements keep their VR
     when the sender offers both. Video, audio and JPIP syntaxes are left out: pynetdicom copies
     every accepted context for each association it accepts (one per C-MOVE), and 170 classes
-    times all 45 syntaxes took ~0.1 s of CPU each time.
+    times all 45 syntaxes took ~0.1 s of CPU each time. Deflated ones are refused (``_DEFLATED``).
     """
     rest = [ts for ts in ALL_TRANSFER_SYNTAXES
             if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-            and not ts.startswith(_NOT_FOR_IMAGES)]
+            and not ts.startswith(_NOT_FOR_IMAGES) and ts not in _DEFLATED]
     syntaxes = [ExplicitVRLittleEndian, *rest, ImplicitVRLittleEndian]
     return tuple(build_context(cx.abstract_syntax, syntaxes)
                  for cx in AllStoragePresentationContexts)
+
+
+def listen_address(local: LocalAE, pacs_host: str | None = None) -> str:
+    """The IP address our storage SCP listens on.
+
+    Parameters
+    ----------
+    local
+        Its ``bind_address``, when set, is the answer (``"0.0.0.0"`` for every interface).
+    pacs_host
+        The PACS that will call us: without ``bind_address`` we listen on the local address of
+        the route to it (loopback for a PACS on loopback); ``None`` means loopback.
+
+    Raises
+    ------
+    PacsUnavailableError
+        ``pacs_host`` does not resolve or no route leads to it.
+    """
+    if local.bind_address is not None:
+        return local.bind_address
+    if pacs_host is None:
+        return "127.0.0.1"
+    try:  # connecting a UDP socket picks the route and sends nothing
+        infos = socket.getaddrinfo(pacs_host, 104, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = min(infos, key=lambda i: i[0] != socket.AF_INET)
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)
+            return probe.getsockname()[0]
+    except OSError as e:
+        raise PacsUnavailableError(
+            f"PACS host {pacs_host}: no route from this machine ({e.strerror or e}); set the "
+            "address our storage SCP listens on (SAM2CT_BIND_ADDRESS)") from e
+
+
+class _GuardedHandler(RequestHandler):
+    """pynetdicom's handler, with a deadline: a connection that has not sent the header of an
+    A-ASSOCIATE-RQ (or finished its TLS handshake), or made an association, within
+    ``acse_timeout`` seconds of its accept is closed. The handler's thread lives as long as
+    the connection, so the server can count a peer's connections (``finish`` releases one)."""
+
+    server: _GuardedServer
+
+    def handle(self) -> None:
+        deadline = time.monotonic() + self.server.acse_timeout
+        if not self._opening(deadline):
+            self._shutdown()
+            self.request.close()
+            return
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        assoc.join(max(0.0, deadline - time.monotonic()))
+        if assoc.is_alive() and not (assoc.is_established or assoc.is_released
+                                     or assoc.is_aborted or assoc.is_rejected):
+            logger.info("storage SCP: closed a connection from %s: no association within "
+                        "%g s", self.client_address[0], self.server.acse_timeout)
+            self._shutdown()  # wakes pynetdicom's reader, which then ends and closes it
+        assoc.join()
+
+    def _opening(self, deadline: float) -> bool:
+        """Wait (until ``deadline``) for the TLS handshake or for the 6-byte header of an
+        A-ASSOCIATE-RQ PDU, peeked: pynetdicom reads it again. False when it did not come."""
+        sock = self.request
+        try:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            if self.server.ssl_context is not None:
+                sock.do_handshake()
+                return True
+            head = sock.recv(6, socket.MSG_PEEK | socket.MSG_WAITALL)
+            return len(head) == 6 and head[0] == 0x01  # A-ASSOCIATE-RQ
+        except OSError:  # timed out, reset, or a failed handshake
+            return False
+        finally:
+            sock.settimeout(None)  # as pynetdicom has it: select, then blocking reads
+
+    def _shutdown(self) -> None:
+        try:
+            self.request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+
+    def finish(self) -> None:
+        self.server.release(self.client_address[0])
+
+
+class _GuardedServer(ThreadedAssociationServer):
+    """pynetdicom's threaded association server that refuses a connection, at accept, when its
+    remote address already holds ``per_peer`` connections, and defers a TLS handshake to the
+    connection's own thread (in the accepting thread one silent client stopped every accept)."""
+
+    daemon_threads = True  # handler threads live as long as their associations:
+    block_on_close = False  # stopping the server does not wait for them (as before)
+    #: the kernel's queue of connections not yet accepted (socketserver's 5 overflowed under a
+    #: burst, and a connection over it waits a SYN-ACK retry: 1 s, then 2 s...)
+    request_queue_size = 128
+    acse_timeout = 5.0
+    per_peer = 8
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._peers: Counter[str] = Counter()
+        self._peers_lock = threading.Lock()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        if self.ssl_context is not None:
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
+        return client, address
+
+    def verify_request(self, request: socket.socket, client_address: tuple) -> bool:
+        host = client_address[0]
+        with self._peers_lock:
+            if self._peers[host] >= self.per_peer:
+                logger.warning("storage SCP: refused a connection from %s: it holds %d already",
+                               host, self._peers[host])
+                return False
+            self._peers[host] += 1
+        return True
+
+    def release(self, host: str) -> None:
+        """One connection of ``host`` ended."""
+        with self._peers_lock:
+            self._peers[host] -= 1
+            if self._peers[host] <= 0:
+                del self._peers[host]
+
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        logger.warning("storage SCP: a connection from %s failed", client_address[0],
+                       exc_info=logger.isEnabledFor(logging.DEBUG))
 
 
 class StorageSCP:
     """Embedded storage SCP for C-MOVE destinations; only ``local.allowed_callers`` may call.
 
     Use as a context manager, or ``start()``/``stop()``. ``extra_callers`` adds allowed AE titles
-    (typically the PACS we retrieve from).
+    (typically the PACS we retrieve from); ``pacs_host`` is where that PACS is, to listen on the
+    address it reaches (:func:`listen_address`) when ``local.bind_address`` is not set.
+    Associations must call ``local.ae_title``; see :class:`LocalAE` for the limits.
     """
 
     def __init__(self, local: LocalAE, staging: Path, *, extra_callers: Iterable[str] = (),
                  on_delivery: Callable[[Delivery], None] | None = None,
-                 network_timeout: float = 60.0, dimse_timeout: float = 60.0) -> None:
+                 network_timeout: float = 60.0, dimse_timeout: float = 60.0,
+                 pacs_host: str | None = None) -> None:
         self.local = local
         self.writer = StagingWriter(staging, on_delivery)
         self.allowed = sorted({*local.allowed_callers, *extra_callers})
         if not self.allowed:
             raise ValueError("Invalid 'allowed_callers' - empty: the storage SCP would accept no one")
+        self.pacs_host = pacs_host
         self._timeouts = (network_timeout, dimse_timeout)
-        self._server = None
+        self._server: _GuardedServer | None = None
+
+    @property
+    def address(self) -> str:
+        """The IP address the SCP listens on (once started)."""
+        if self._server is None:
+            raise ValueError("Invalid 'address' - the storage SCP is not started")
+        return self._server.server_address[0]
 
     def start(self) -> StorageSCP:
         """Start listening on ``local.store_port`` (returns self)."""
         ae = AE(ae_title=self.local.ae_title)
         ae.network_timeout, ae.dimse_timeout = self._timeouts
+        ae.acse_timeout = self.local.acse_timeout
         ae.require_calling_aet = self.allowed
-        ae.maximum_associations = 16
+        ae.require_called_aet = True
+        ae.maximum_associations = self.local.max_associations
         ae.maximum_pdu_size = 0  # let the sender use its largest PDUs: fewer, faster reads
         ae.supported_contexts = list(storage_contexts_for_scp())  # built once: ~0.3 s
         ae.add_supported_context(Verification)
+        host = listen_address(self.local, self.pacs_host)
         try:
-            self._server = ae.start_server(
-                (self.local.bind_address, self.local.store_port), block=False,
+            server = ae.make_server(
+                (host, self.local.store_port), server_class=_GuardedServer,
+                request_handler=_GuardedHandler,
                 ssl_context=self.local.tls.server_context() if self.local.tls else None,
                 evt_handlers=[(evt.EVT_C_STORE, self.writer.handle_store),
                               (evt.EVT_ESTABLISHED, drop_log_handlers_on_establish),
                               (evt.EVT_DATA_SENT, ack_at_once)])
         except OSError as e:
-            raise OSError(f"storage SCP {self.local.ae_title}: cannot listen on port "
+            raise OSError(f"storage SCP {self.local.ae_title}: cannot listen on {host} port "
                           f"{self.local.store_port}: {e.strerror or e}") from e
-        logger.info("storage SCP %s listening on port %d", self.local.ae_title,
+        server.acse_timeout = self.local.acse_timeout
+        server.per_peer = self.local.max_associations_per_peer
+        ae._servers.append(server)  # as AE.start_server does: the server's shutdown removes it
+        threading.Thread(target=server.serve_forever, daemon=True,
+                         name=f"storage-scp-{self.local.store_port}").start()
+        self._server = server
+        logger.info("storage SCP %s listening on %s port %d", self.local.ae_title, host,
                     self.local.store_port)
         return self
 
@@ -321,4 +538,4 @@ class StorageSCP:
 
 
 __all__ = ["Delivery", "StagingWriter", "StorageSCP", "StoreOutcome", "Tally",
-           "file_meta_bytes", "staged_path"]
+           "file_meta_bytes", "listen_address", "staged_path"]
