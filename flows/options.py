@@ -58,6 +58,9 @@ class HarvestOptions(BaseModel):
     store_port: int = Field(11113, ge=1, le=65535, description="our storage SCP's port")
     allowed_callers: tuple[str, ...] = Field(
         (), description="AE titles besides the PACS allowed to send to our storage SCP")
+    bind_address: str | None = Field(
+        None, description="IP address our storage SCP listens on; None: the local address of "
+        "the route to the PACS; 0.0.0.0: every interface")
     catalog_url: SecretStr = Field(description="catalog URL (may hold a password: kept secret)")
     staging_dir: Path = Field(description="where retrieved DICOM is staged")
     output_dir: Path = Field(description="SEG output folder")
@@ -132,8 +135,9 @@ class HarvestOptions(BaseModel):
                                   max_rate=self.rate_per_second, pacs_hours=hours)
 
     def local_ae(self) -> LocalAE:
-        """Ourselves: AE title, storage SCP port and who may send to it."""
-        return LocalAE(self.ae_title, self.store_port, self.allowed_callers)
+        """Ourselves: AE title, storage SCP address and port, and who may send to it."""
+        return LocalAE(self.ae_title, self.store_port, self.allowed_callers,
+                       bind_address=self.bind_address)
 
 
 def resolve_window(start: dt.date | None, end: dt.date | None,

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     pacs_method: str = "move"  # move | get
     ae_title: str = "SAM2CT"
     store_port: int = 11113
+    bind_address: str | None = None  # storage SCP's IP; None: the route to the PACS; 0.0.0.0: all
     allowed_callers: list[str] = Field(default_factory=list)
     pacs_hours: str | None = None  # "19:00-07:00": when the PACS may be used (local time)
     harvest_window: str | None = None  # deprecated name of pacs_hours (SAM2CT_HARVEST_WINDOW)

@@ -204,7 +204,8 @@ class _SharedScp:
                 if stopping is not None:
                     stopping.join()
                 scp = StorageSCP(options.local_ae(), options.staging_dir,
-                                 extra_callers=[options.pacs_aet]).start()
+                                 extra_callers=[options.pacs_aet],
+                                 pacs_host=options.pacs_settings().host).start()
                 entry = self._open[port] = [scp, 0]
             entry[1] += 1
         try:

@@ -192,7 +192,8 @@ def _writer(stack: ExitStack, pacs: PacsSettings, local: LocalAE, staging: Path,
         scp = stack.enter_context(StorageSCP(local, staging, extra_callers=[pacs.ae_title],
                                              on_delivery=on_delivery,
                                              network_timeout=pacs.timeouts.network,
-                                             dimse_timeout=pacs.timeouts.dimse))
+                                             dimse_timeout=pacs.timeouts.dimse,
+                                             pacs_host=pacs.host))
     if scp.writer.staging.resolve() != staging.resolve():
         raise ValueError(f"Invalid 'scp' - it writes to {scp.writer.staging}, not {staging}")
     return scp.writer

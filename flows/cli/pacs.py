@@ -72,7 +72,8 @@ def _endpoints(args: argparse.Namespace):
     pacs = PacsSettings.parse(address, method=method, timeouts=timeouts,
                               backoff=Backoff(attempts=2, base=0.5))
     local = LocalAE(args.ae_title or settings.ae_title, args.store_port or settings.store_port,
-                    allowed_callers=tuple(settings.allowed_callers))
+                    allowed_callers=tuple(settings.allowed_callers),
+                    bind_address=settings.bind_address)
     return pacs, local
 
 
