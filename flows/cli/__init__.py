@@ -11,6 +11,11 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
+
+from dicom_io.printable import escape_logs, printable
+
+logger = logging.getLogger(__name__)
 
 # Sub-command modules, in help order. Each defines ``register(subparsers)`` which adds its parser(s)
 # and sets ``func`` (args -> exit code) as a default.
@@ -20,13 +25,24 @@ _COMMANDS = (
 )
 
 
+#: Longest error message printed (a driver or library may say a lot, or echo an input).
+ERROR_CHARS = 500
+
+
 class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, its usage errors one line (escaped) instead of the usage and the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {printable(message, ERROR_CHARS)} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every sub-command registered."""
-    parser = argparse.ArgumentParser(prog="sam2ct", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="sam2ct", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMANDS:
@@ -35,19 +51,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `sam2ct` console script."""
+    """Entry point of the `sam2ct` console script.
+
+    Returns 0, or the command's own code; 2 with one line for bad input (``CommandError``,
+    ``CatalogError``, ``ValueError``, a missing file); 1 with one line ``Type: message`` for
+    anything else (its traceback logged at debug: ``-v`` shows it); 130 when interrupted.
+    """
+    from db.engine import CatalogError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    escape_logs()
     if not args.verbose:  # highdicom narrates every copied module at INFO
         logging.getLogger("highdicom").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
-        print(f"sam2ct {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (CommandError, CatalogError, ValueError, FileNotFoundError,
+            NotADirectoryError) as exc:
+        return fail(args.command, exc, 2)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        logger.debug("sam2ct %s failed", args.command, exc_info=True)
+        return fail(args.command, f"{type(exc).__name__}: {exc}", 1)
+
+
+def fail(command: str, error: object, code: int) -> int:
+    """Print ``sam2ct COMMAND: error: ERROR`` (escaped, cut to ``ERROR_CHARS``) on stderr;
+    return ``code``."""
+    print(f"sam2ct {command}: error: {printable(error, ERROR_CHARS)}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,20 +10,27 @@ from datetime import date
 from pathlib import Path
 
 from dicom_io.files import write_atomic, write_text_atomic
+from dicom_io.printable import printable
+from flows.cli.bounds import bounded_float, bounded_int
 from flows.cli.db import add_catalog_argument, catalog_url
 
 FORMATS = ("table", "csv", "json", "parquet")
 #: Rows a terminal table shows unless ``--limit`` or ``--all`` says otherwise (a catalog may hold
 #: millions; files written as csv/json/parquet get every row).
 TABLE_PAGE = 50
+#: Bounds of ``--limit`` (rows) and of the volume filters (mL: a cubic metre is no lesion).
+MAX_ROWS = 10**8
+MAX_ML = 10**6
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     """The query filters shared by ``catalog query``, ``catalog stats`` and ``export``."""
     g = parser.add_argument_group("filters")
     g.add_argument("--kind", help="annotation kind: line, arrow, bidirectional, ellipse, ...")
-    g.add_argument("--min-volume", type=float, metavar="ML", help="smallest volume in mL")
-    g.add_argument("--max-volume", type=float, metavar="ML", help="largest volume in mL")
+    g.add_argument("--min-volume", type=bounded_float(0, MAX_ML),
+                   metavar="ML", help="smallest volume in mL")
+    g.add_argument("--max-volume", type=bounded_float(0, MAX_ML),
+                   metavar="ML", help="largest volume in mL")
     g.add_argument("--since", type=date.fromisoformat, metavar="DATE", help="study date from")
     g.add_argument("--until", type=date.fromisoformat, metavar="DATE", help="study date until")
     g.add_argument("--model", metavar="NAME", help="model name")
@@ -50,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     query = actions.add_parser("query", help="segmentations matching the filters")
     add_filter_arguments(query)
     size = query.add_mutually_exclusive_group()
-    size.add_argument("--limit", type=int,
+    size.add_argument("--limit", type=bounded_int(1, MAX_ROWS),
                       help=f"at most this many rows (table format default: {TABLE_PAGE})")
     size.add_argument("--all", action="store_true", help="every matching row, also as a table")
     _add_output_arguments(query)
@@ -70,8 +77,6 @@ def run_query(args: argparse.Namespace) -> int:
     """Print the matching segmentations in the chosen format."""
     from db import open_catalog, query_frame
 
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"Invalid '--limit' value {args.limit} - must be at least 1")
     limit = _row_limit(args)
     engine = open_catalog(catalog_url(args))
     try:
@@ -132,8 +137,14 @@ def _emit(frame, fmt: str, out: Path | None) -> None:
     elif fmt == "json":
         text = frame.to_json(orient="records", date_format="iso", indent=2) + "\n"
     else:
-        text = (frame.to_string(index=False) if len(frame) else "(no rows)") + "\n"
+        text = (_printable_cells(frame).to_string(index=False) if len(frame) else "(no rows)")
+        text += "\n"
     _write_text(text, out)
+
+
+def _printable_cells(frame):
+    """The frame with its text cells escaped (``printable``) for a terminal table."""
+    return frame.map(lambda value: printable(value) if isinstance(value, str) else value)
 
 
 def _write_text(text: str, out: Path | None) -> None:

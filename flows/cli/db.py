@@ -33,28 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_upgrade(args: argparse.Namespace) -> int:
     """Migrate, then say which revision the catalog is at (on stderr; stdout stays clean)."""
-    from sqlalchemy.exc import SQLAlchemyError
+    from db import open_catalog
+    from db.engine import shown
+    from db.migrate import current_revision
 
-    from db.migrate import current_revision, upgrade
-    from flows.cli import CommandError
-
-    url = catalog_url(args)
+    engine = open_catalog(catalog_url(args))  # a catalog that fails raises CatalogError: one line
     try:
-        upgrade(url)
-        revision = current_revision(url)
-    except SQLAlchemyError as e:
-        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
-        raise CommandError(f"catalog {_safe(url)}: migration failed: {reason}") from e
-    print(f"catalog {_safe(url)} at revision {revision}", file=sys.stderr)
+        revision = current_revision(engine)
+    finally:
+        engine.dispose()
+    print(f"catalog {shown(engine.url)} at revision {revision}", file=sys.stderr)
     return 0
-
-
-def _safe(url: str) -> str:
-    """The URL with any password hidden."""
-    from sqlalchemy import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError as e:
-        raise ValueError(f"Invalid catalog URL '{url}' - not an SQLAlchemy database URL") from e

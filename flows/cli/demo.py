@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 from dicom_io.files import write_text_atomic
+from dicom_io.printable import printable
+from flows.cli.bounds import SEED_MAX, bounded_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole harvest on synthetic studies (no set-up)")
     p.add_argument("--workdir", type=Path, default=Path("demo-out"),
                    help="everything the demo writes goes under this folder")
-    p.add_argument("--studies", type=int, default=2)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--size", type=int, default=512, help="pixels per CT row (64..1024)")
+    p.add_argument("--studies", type=bounded_int(1, 100), default=2)
+    p.add_argument("--seed", type=bounded_int(0, SEED_MAX), default=1)
+    p.add_argument("--size", type=bounded_int(64, 1024),
+                   default=512, help="pixels per CT row (64..1024)")
     p.add_argument("--model", default="auto", help="auto | classical | PATH.pt")
     p.add_argument("--pacs", choices=["auto", "orthanc", "pynetdicom-qrscp"], default="auto",
                    help="embedded PACS (auto: Orthanc when installed)")
@@ -129,7 +132,7 @@ def _print(workdir: Path, pacs, summary: dict, engine, report: Path) -> None:
     from db.queries import stats, table_counts
 
     if summary["warning"]:
-        print(f"WARNING: {summary['warning']}", file=sys.stderr)
+        print(f"WARNING: {printable(summary['warning'])}", file=sys.stderr)
     print(f"studies:   {workdir / 'studies'} (synthetic)")
     print(f"PACS:      {pacs.kind.value} (stopped), storage {pacs.folder}")
     print(f"staging:   {workdir / 'staging'}")

@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dicom_io.printable import printable
+from flows.cli.bounds import SEED_MAX, bounded_int
+
 if TYPE_CHECKING:
     from sam2ct.prompts import PromptKind
 
@@ -54,11 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lesions", default="components",
                    help="--dataset: 'components' (one lesion per connected component of the label, "
                         "default) or 'whole' (the whole label as one lesion)")
-    p.add_argument("--min-voxels", type=int, default=10,
+    p.add_argument("--min-voxels", type=bounded_int(1, 10**9), default=10,
                    help="--dataset: skip lesions smaller than this (default 10)")
     p.add_argument("--model", default=None, help="auto | classical | PATH.pt (default: settings)")
     p.add_argument("--device", default=None, help="cuda | mps | cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated arrow's direction")
+    p.add_argument("--seed", type=bounded_int(0, SEED_MAX),
+                   default=0, help="seed of the simulated arrow's direction")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(func=run)
 
@@ -113,7 +117,7 @@ def run_series(args: argparse.Namespace) -> int:
                              identifier=args.roi or "truth")
     choice = choose_segmenter(args.model or settings.model, device=args.device or settings.device)
     if choice.warning:
-        print(f"WARNING: {choice.warning}", file=sys.stderr)
+        print(f"WARNING: {printable(choice.warning)}", file=sys.stderr)
     start = time.perf_counter()
     [mask] = choice.segmenter.segment(volume.array, volume.spacing, [prompt])
     seconds = time.perf_counter() - start
@@ -146,8 +150,6 @@ def run_dataset(args: argparse.Namespace) -> int:
         raise CommandError("--dataset needs --out DIR (where cases.csv and summary.md go)")
     if args.truth is not None or args.roi is not None:
         raise CommandError("--truth/--roi belong to --series; a dataset's labels are its truth")
-    if args.min_voxels < 1:
-        raise CommandError(f"Invalid '--min-voxels' value {args.min_voxels} - must be at least 1")
     kinds = parse_kinds(args.prompt, [k.value for k in DEFAULT_KINDS])
     if args.lesions not in {m.value for m in LesionMode}:
         raise CommandError(f"Invalid '--lesions' value '{args.lesions}' - choose from "
@@ -158,7 +160,7 @@ def run_dataset(args: argparse.Namespace) -> int:
     cases = iter_nifti_cases(args.dataset)
     choice = choose_segmenter(args.model or settings.model, device=args.device or settings.device)
     if choice.warning:
-        print(f"WARNING: {choice.warning}", file=sys.stderr)
+        print(f"WARNING: {printable(choice.warning)}", file=sys.stderr)
 
     def progress(r) -> None:
         logger.info("%s lesion %d %s: dice %.3f (%.2f s)", r.case, r.lesion, r.kind, r.dice,

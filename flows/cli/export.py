@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from flows.cli.bounds import SEED_MAX, bounded_int
 from flows.cli.catalog import add_filter_arguments, filter_from_args
 from flows.cli.db import catalog_url
 
@@ -20,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "no UIDs in the manifest")
     p.add_argument("--split", default="1", metavar="F[,F[,F]]",
                    help="train,val,test fractions by patient, e.g. 0.7,0.15,0.15 (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the patient split")
+    p.add_argument("--seed", type=bounded_int(0, SEED_MAX),
+                   default=0, help="seed of the patient split")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_filter_arguments(p)
     p.set_defaults(func=run)
@@ -31,12 +33,14 @@ def run(args: argparse.Namespace) -> int:
     from db import open_catalog
     from db.export import export_dataset
     from db.export.splits import parse_fractions
+    from dicom_io.files import remove_stale_temps
     from flows.cli import CommandError
 
     split = parse_fractions(args.split)
     if args.out.exists() and not args.out.is_dir():
         raise NotADirectoryError(f"export folder {args.out} is a file")
     engine = open_catalog(catalog_url(args))
+    remove_stale_temps(args.out)  # what a killed export's writers left
     try:
         report = export_dataset(engine, args.out, args.format, filter_from_args(args),
                                 deidentify=args.deidentify, split=split, seed=args.seed,

@@ -14,6 +14,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_io.errors import DicomInputError
 from dicom_io.gsps import Annotation, annotations_of, read_presentation_state
+from dicom_io.printable import printable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +40,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         try:
             ds = read_presentation_state(path)
         except DicomInputError as e:
-            print(f"sam2ct gsps: error: {e}", file=sys.stderr)
+            print(f"sam2ct gsps: error: {printable(e)}", file=sys.stderr)
             failed += 1
             continue
         results.append(_file_result(path, ds, annotations_of(ds, path, images)))
@@ -72,10 +73,11 @@ def _file_result(path: Path, ds: Dataset, annotations: list[Annotation]) -> dict
 
 
 def _print_table(results: list[dict[str, Any]]) -> None:
-    """A readable table: one header line per file, one row per annotation."""
+    """A readable table: one header line per file, one row per annotation; every text from the
+    file escaped (``printable``), so a control character in it cannot repaint the terminal."""
     for result in results:
         count = len(result["annotations"])
-        print(f"{result['file']}  GSPS {result['gsps_sop_instance_uid']}  "
+        print(f"{printable(result['file'])}  GSPS {printable(result['gsps_sop_instance_uid'])}  "
               f"{count} annotation(s)")
         if not count:
             continue
@@ -83,16 +85,16 @@ def _print_table(results: list[dict[str, Any]]) -> None:
               "points / text / skip")
         for a in result["annotations"]:
             length = "" if a["length_mm"] is None else f"{a['length_mm']:.1f}"
-            ref = _short_uid(a["referenced_sop_instance_uid"])
+            ref = printable(_short_uid(a["referenced_sop_instance_uid"]))
             if a["referenced_frame"] is not None:
                 ref += f" ({a['referenced_frame']})"
-            print(f"  {a['index']:>3}  {a['kind']:<13} {length:>7}  {ref:<28} "
-                  f"{a['layer'][:14]:<14} {_points_text(a['points'])}")
+            print(f"  {a['index']:>3}  {printable(a['kind']):<13} {length:>7}  {ref:<28} "
+                  f"{printable(a['layer'], 14):<14} {_points_text(a['points'])}")
             text = " / ".join(line.strip() for line in a["text"].splitlines() if line.strip())
             if text:
-                print(f"{'':>7}text: {text[:90]}")
+                print(f"{'':>7}text: {printable(text, 90)}")
             if a["skip_reason"]:
-                print(f"{'':>7}SKIPPED: {a['skip_reason']}")
+                print(f"{'':>7}SKIPPED: {printable(a['skip_reason'])}")
 
 
 def _short_uid(uid: str | None) -> str:

@@ -12,6 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
+from dicom_io.printable import printable
+from flows.cli.bounds import bounded_int
+
 #: Libraries that log every request or identifier at INFO: kept at WARNING unless --verbose.
 NOISY = ("pynetdicom", "httpx", "prefect", "alembic")
 
@@ -42,13 +45,25 @@ def _common(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=name, action="store_true", default=None,
                            help=field.description)
             continue
-        convert = Path if kind is Path else int if kind in (int, int | None) else str
-        p.add_argument(flag, dest=name, type=convert,
+        p.add_argument(flag, dest=name, type=_converter(field),
                        metavar=flag.removeprefix("--").upper().replace("-", "_"),
                        help=f"{field.description} (default: {_default_of(name, field)})")
     p.add_argument("--harvest-window", dest="harvest_window", metavar="HH:MM-HH:MM",
                    help=argparse.SUPPRESS)  # the old name of --pacs-hours, still accepted
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+
+def _converter(field):
+    """The argparse type of an option's field: its pydantic bounds (``ge``/``le``) for ints."""
+    if field.annotation is Path:
+        return Path
+    if field.annotation not in (int, int | None):
+        return str
+    lo = next((m.ge for m in field.metadata if hasattr(m, "ge")), None)
+    hi = next((m.le for m in field.metadata if hasattr(m, "le")), None)
+    if lo is None or hi is None:
+        raise TypeError(f"option {field.description!r} needs ge= and le= bounds for its flag")
+    return bounded_int(lo, hi)
 
 
 def _default_of(name: str, field) -> str:
@@ -71,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_harvest)
     b = sub.add_parser("backfill", help="harvest a long range window by window, resumable")
     _common(b)
-    b.add_argument("--chunk-days", type=int, default=7, help="days per window (default 7)")
+    b.add_argument("--chunk-days", type=bounded_int(1, 3660),
+                   default=7, help="days per window (default 7)")
     b.set_defaults(func=run_backfill)
 
 
@@ -102,7 +118,7 @@ def _print(summaries: list[dict], as_json: bool) -> int:
                   f"already done {s['already_done']}, segmented {s['segmented']}, "
                   f"failed {s['failed']}" + (f" ({stages})" if stages else ""))
     if any(s["warning"] for s in summaries):
-        print(f"WARNING: {next(s['warning'] for s in summaries if s['warning'])}",
+        print(f"WARNING: {printable(next(s['warning'] for s in summaries if s['warning']))}",
               file=sys.stderr)
     return 1 if any(s["failed"] for s in summaries) else 0
 
@@ -122,8 +138,6 @@ def run_backfill(args: argparse.Namespace) -> int:
     from flows.harvest import backfill
 
     quiet_libraries()
-    if args.chunk_days < 1:
-        raise ValueError(f"--chunk-days {args.chunk_days} must be at least 1")
     summaries = backfill(args.start, args.end, args.chunk_days, options_from(args))
     if not summaries:
         print("every window already harvested")

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from flows.cli.bounds import bounded_float, bounded_int
+
 _LEVELS = ("study", "series", "image")
 
 
@@ -23,9 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--pacs", help="the PACS as AET@host:port (default: SAM2CT_PACS)")
     common.add_argument("--ae-title", help="our AE title (default: SAM2CT_AE_TITLE or SAM2CT)")
-    common.add_argument("--store-port", type=int, help="our storage SCP port for C-MOVE "
+    common.add_argument("--store-port", type=bounded_int(1, 65535),
+                        help="our storage SCP port for C-MOVE "
                         "(default: SAM2CT_STORE_PORT or 11113)")
-    common.add_argument("--timeout", type=float, default=None,
+    common.add_argument("--timeout", type=bounded_float(0.1, 3600), default=None,
                         help="DIMSE and network timeout in seconds (default 60)")
     common.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
@@ -46,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--series", help="SeriesInstanceUID (default: the whole study)")
     p.add_argument("--out", required=True, type=Path, help="staging folder")
     p.add_argument("--method", choices=("move", "get"), help="default: SAM2CT_PACS_METHOD")
-    p.add_argument("--associations", type=int, default=1, metavar="N",
+    p.add_argument("--associations", type=bounded_int(1, 32), default=1, metavar="N",
                    help="split a large retrieval over N associations at once, in worker "
                         "processes (at most the PACS's association cap, 2)")
     p.set_defaults(func=run_retrieve)
@@ -174,8 +177,6 @@ def run_retrieve(args: argparse.Namespace) -> int:
     from dicom_io.pacs import find_instances, retrieve
     from flows.cli import CommandError
 
-    if args.associations < 1:
-        raise CommandError(f"Invalid '--associations' value {args.associations} - must be >= 1")
     pacs, local = _endpoints(args)
     expected = _call(lambda: find_instances(pacs, local, args.study, args.series))
     if not expected:

@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from dicom_io.printable import printable
+from flows.cli.db import add_catalog_argument, catalog_url
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``segment`` sub-command."""
@@ -17,46 +20,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder for SEGs and previews")
     p.add_argument("--model", default=None, help="auto | classical | PATH.pt (default: settings)")
     p.add_argument("--device", default=None, help="cuda | mps | cpu")
-    p.add_argument("--catalog", default=None,
-                   help="catalog URL (default: SAM2CT_DATABASE_URL or the SQLite file in the "
-                        "user data folder)")
+    add_catalog_argument(p)
     p.add_argument("--no-catalog", action="store_true", help="do not record in the catalog")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment, record, print one JSON document with a summary per segment; 1 if any input failed."""
+    """Segment, record, print one JSON document with a summary per segment; 1 if any input failed.
+
+    The catalog is opened first (a bad one fails before anything is written); temporary files a
+    killed run left in ``--out`` are removed.
+    """
+    from db import open_catalog
     from db.records import SegStatus
+    from dicom_io.files import remove_stale_temps
     from dicom_io.volume import load_series
     from flows.segment_series import read_gsps_files, segment_series
     from flows.settings import Settings
     from sam2ct.registry import choose_segmenter
 
     settings = Settings()
+    engine = None if args.no_catalog else open_catalog(catalog_url(args))
+    remove_stale_temps(args.out)
     volume = load_series(args.series, args.series_uid)
     parsed, failures = read_gsps_files(args.gsps)
     choice = choose_segmenter(args.model or settings.model, device=args.device or settings.device)
     series_run = segment_series(volume, parsed, choice, args.out, failures)
     if series_run.warning:
-        print(f"WARNING: {series_run.warning}", file=sys.stderr)
-    if not args.no_catalog:
-        _record(args.series, series_run, args.catalog or settings.catalog_url)
+        print(f"WARNING: {printable(series_run.warning)}", file=sys.stderr)
+    if engine is not None:
+        _record(engine, args.series, series_run)
+        engine.dispose()
     segments = series_run.to_json()
     print(json.dumps({"series_instance_uid": volume.series_instance_uid,
                       "warning": series_run.warning, "segments": segments}, indent=2))
     failed = [s for s in segments if s["status"] == SegStatus.FAILED]
     for s in failed:
-        print(f"sam2ct segment: failed: {s['reason']}", file=sys.stderr)
+        print(f"sam2ct segment: failed: {printable(s['reason'])}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _record(series_dir: Path, series_run, catalog_url: str) -> None:
+def _record(engine, series_dir: Path, series_run) -> None:
     """Record the series, its GSPS, annotations, segmentations and failures (idempotent)."""
-    from db import Recorder, open_catalog
+    from db import Recorder
 
-    if catalog_url.startswith("sqlite:///"):
-        Path(catalog_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    recorder = Recorder(open_catalog(catalog_url))
+    recorder = Recorder(engine)
     recorder.record_series_results(series_run.catalog_records(Path(series_dir)))
     for failure in series_run.failure_records():
         recorder.record_failure(failure)

@@ -7,15 +7,20 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from flows.cli.bounds import SEED_MAX, bounded_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``synth`` sub-command."""
     p = sub.add_parser("synth", help="write synthetic CT studies + GSPS + truth masks (NIfTI)")
     p.add_argument("out", type=Path, help="output folder (gets <study>/ct, gsps, truth, manifest)")
-    p.add_argument("--studies", type=int, default=1, help="number of studies (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes")
-    p.add_argument("--size", type=int, default=512, help="rows = columns per slice (64..1024)")
-    p.add_argument("--slices", type=int, default=None,
+    p.add_argument("--studies", type=bounded_int(1, 10_000),
+                   default=1, help="number of studies (default 1)")
+    p.add_argument("--seed", type=bounded_int(0, SEED_MAX),
+                   default=0, help="random seed: same seed, same bytes")
+    p.add_argument("--size", type=bounded_int(64, 1024),
+                   default=512, help="rows = columns per slice (64..1024)")
+    p.add_argument("--slices", type=bounded_int(8, 4096), default=None,
                    help="slices per series (default: 180-240 mm of coverage)")
     p.add_argument("--start-date", type=dt.date.fromisoformat, default=dt.date(2026, 1, 5),
                    help="StudyDate of the first study, YYYY-MM-DD; study i is i days later")

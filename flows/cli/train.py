@@ -12,6 +12,8 @@ import json
 import logging
 from pathlib import Path
 
+from flows.cli.bounds import SEED_MAX, bounded_float, bounded_int
+
 logger = logging.getLogger(__name__)
 RTSTRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -24,16 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", required=True,
                    help="SAM2CT or SAM2.1 Hiera-T checkpoint to start from ('random': none)")
     p.add_argument("--out", required=True, type=Path, help="folder for checkpoints and logs")
-    p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000)")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--steps", type=bounded_int(1, 10**8),
+                   default=1000, help="optimisation steps (default 1000)")
+    p.add_argument("--image-size", type=bounded_int(64, 4096), default=None,
                    help="model input size (default: the --init checkpoint's, else 1024)")
     p.add_argument("--device", default=None, help="cuda | mps | cpu (default: best available)")
-    p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
-    p.add_argument("--clip-length", type=int, default=8, help="slices per clip (default 8)")
+    p.add_argument("--lr", type=bounded_float(1e-12, 1.0),
+                   default=1e-5, help="AdamW learning rate (default 1e-5)")
+    p.add_argument("--clip-length", type=bounded_int(2, 256),
+                   default=8, help="slices per clip (default 8)")
     p.add_argument("--roi", default=None, help="RTSTRUCT ROI / SEG segment for DICOM cases")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--seed", type=bounded_int(0, SEED_MAX), default=0)
+    p.add_argument("--log-every", type=bounded_int(1, 10**8), default=10)
+    p.add_argument("--save-every", type=bounded_int(1, 10**8), default=100)
     p.add_argument("--no-resume", action="store_true", help="ignore OUT/last.pt")
     p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
