@@ -17,6 +17,8 @@ from prefect.cache_policies import NO_CACHE
 from db import CatalogFilter, open_catalog
 from db.export import ExportFormat
 from db.export import export_dataset as _export
+from dicom_io.files import remove_stale_temps
+from dicom_io.printable import escape_logs
 from flows.settings import Settings
 
 
@@ -41,6 +43,8 @@ def export_dataset(out: str, fmt: ExportFormat = ExportFormat.NIFTI, kind: str |
                    split: list[float] | None = None, seed: int = 0,
                    catalog_url: str | None = None) -> dict:
     """Export a catalog query to ``out`` as ``fmt``; publish a small result table."""
+    escape_logs()  # Prefect configured logging: control characters in our log lines escaped
+    remove_stale_temps(out)  # what a killed export's writers left
     url = catalog_url or Settings().catalog_url
     where = CatalogFilter(kind=kind, min_volume_ml=min_volume_ml, max_volume_ml=max_volume_ml,
                           since=since, until=until, model=model, status=status,

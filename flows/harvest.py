@@ -40,8 +40,10 @@ from db.queries import (
     series_state,
 )
 from db.records import FailureRecord, HarvestRunRecord, RunStatus, Stage
+from dicom_io.files import remove_stale_temps
 from dicom_io.gsps import GspsTarget, read_target
 from dicom_io.pacs import Discovery, IncompleteDiscoveryError, InstanceMatch, PacsError
+from dicom_io.printable import escape_logs
 from flows.artifacts import Progress, RunSummary, publish_summary
 from flows.options import HarvestOptions, resolve_window, window_bounds
 from flows.segment_flow import segment_one
@@ -83,7 +85,9 @@ class _Run:
 
     def __init__(self, opts: HarvestOptions, start: dt.date, end: dt.date) -> None:
         self.opts = opts
+        escape_logs()  # on a Prefect worker too: control characters in our log lines escaped
         self.engine: Engine = catalog_engine(opts.catalog)
+        remove_stale_temps(opts.output_dir)  # what a killed run's writers left
         self.recorder = Recorder(self.engine)
         lo, hi = window_bounds(start, end)
         # Runs are keyed by the PACS's AE title: its host or port may move, it stays the same PACS.

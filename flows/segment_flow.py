@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from pydantic import SecretStr
 
+from dicom_io.printable import escape_logs
 from flows.segment_jobs import SegmentWorkers, SeriesJob, SeriesOutcome, run_job
 
 
@@ -59,6 +60,7 @@ def segment_batch(series: list[SeriesJob], catalog_url: SecretStr | str | None, 
     ``catalog_url`` None: the worker's own settings (SAM2CT_DATABASE_URL) name the catalog; a
     SecretStr keeps a password out of Prefect's stored parameters.
     """
+    escape_logs()  # Prefect configured logging: control characters in our log lines escaped
     if isinstance(catalog_url, SecretStr):
         catalog_url = catalog_url.get_secret_value()
     if catalog_url is None:
