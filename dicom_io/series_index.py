@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from dicom_io.checks import described
 from dicom_io.errors import DicomInputError
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,9 @@ def read_header(path: Path) -> FileDataset | None:
     except InvalidDicomError:
         logger.debug("skipping non-DICOM file %s", path)
         return None
-    except (EOFError, ValueError, KeyError) as e:
-        raise DicomInputError(f"DICOM file {path} - cannot be parsed: {e}") from e
+    except Exception as e:  # noqa: BLE001 - whatever a broken or hostile file makes pydicom raise
+        raise DicomInputError(f"DICOM file {path.name} - cannot be parsed: "
+                              f"{described(e)}") from e
     media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "")) if ds.file_meta else ""
     if media_class == _DICOMDIR_CLASS or "SOPClassUID" not in ds:
         logger.debug("skipping %s: DICOMDIR or no SOP Class UID", path)

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from dicom_io.checks import described, finite_float, finite_floats, shown, within
 from dicom_io.errors import DicomInputError
 from dicom_io.series_index import CtStorage, index_series, is_localizer, select_ct_series
 
@@ -109,6 +110,13 @@ class Volume:
 # Loading: a folder or file list -> Volume
 # --------------------------------------------------------------------------------------------
 
+# Bounds beyond which a CT header value is absurd (mm, or HU per stored value): refused.
+MAX_POSITION_MM = 100_000.0
+MAX_PIXEL_SPACING_MM = 100.0
+MAX_RESCALE_SLOPE = 10_000.0
+MAX_RESCALE_INTERCEPT = 1_000_000.0
+# No CT series covers more than this along its slice normal (mm).
+MAX_EXTENT_MM = 5_000.0
 # Two slices closer than this along the normal (mm) are at the same position.
 _SAME_POSITION_MM = 0.01
 # Steps deviating from the mean by more than this fraction are non-uniform spacing.
@@ -138,8 +146,17 @@ class _Frame:
                 f"ImagePositionPatient needs 3 values and ImageOrientationPatient 6, got "
                 f"{self.position.size} and {self.orientation.size}"
             )
-        if min(self.pixel_spacing) <= 0 or min(self.shape) <= 0:
-            raise ValueError(f"invalid PixelSpacing {self.pixel_spacing} or size {self.shape}")
+        if min(self.shape) <= 0:
+            raise ValueError(f"invalid image size {self.shape}")
+        for name, values, limit in (("ImagePositionPatient", self.position, MAX_POSITION_MM),
+                                    ("ImageOrientationPatient", self.orientation, 1.0 + 1e-3)):
+            if not np.all(np.abs(values) <= limit):  # also NaN and infinity
+                raise ValueError(f"Invalid '{name}' value {shown(values.tolist())} - must be "
+                                 f"finite, within +-{limit:g}")
+        for value in self.pixel_spacing:
+            within(value, 1e-3, MAX_PIXEL_SPACING_MM, "PixelSpacing")
+        within(abs(self.slope), 1e-6, MAX_RESCALE_SLOPE, "RescaleSlope (magnitude)")
+        within(self.intercept, -MAX_RESCALE_INTERCEPT, MAX_RESCALE_INTERCEPT, "RescaleIntercept")
 
 
 def load_series(
@@ -166,8 +183,25 @@ def load_series(
     >>> vol.array.shape, vol.spacing  # doctest: +SKIP
     ((134, 512, 512), (3.0, 0.977, 0.977))
     """
+    try:
+        return _load(source, series_instance_uid)
+    except DicomInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a hostile file must fail as one named input error
+        raise DicomInputError(f"CT source {_source_name(source)} - cannot be loaded: "
+                              f"{described(e)}") from e
+
+
+def _source_name(source: object) -> str:
+    if isinstance(source, str | Path):
+        return str(source)
+    return f"{len(source)} files"  # type: ignore[arg-type]
+
+
+def _load(source: str | Path | Sequence[str | Path], series_instance_uid: str | None) -> Volume:
     series = select_ct_series(index_series(source), source, series_instance_uid)
     images, warnings = _drop_localizers(series.datasets, series.series_instance_uid)
+    _check_instances(images, series.series_instance_uid)
     datasets = {Path(ds.filename): ds for ds in images}
     frames = [f for ds in images for f in _frames_of(ds, series.series_instance_uid)]
     _check_common_geometry(frames, series.series_instance_uid)
@@ -178,15 +212,41 @@ def load_series(
     warnings += more
     for message in warnings:
         logger.warning("%s", message)
-    first = series.datasets[0]
     return Volume(
-        array=_stack(frames, pixels),
+        array=_finite(_stack(frames, pixels), series.series_instance_uid),
         affine=affine,
-        study_instance_uid=str(first.get("StudyInstanceUID", "")),
+        study_instance_uid=str(images[0].get("StudyInstanceUID", "")),
         series_instance_uid=series.series_instance_uid,
         slices=tuple(f.source for f in frames),
         warnings=tuple(warnings),
     )
+
+
+def _check_instances(images: list[Dataset], series_uid: str) -> None:
+    """One study, and each SOP Instance UID one image: a series mixing studies, or one UID
+    given to images at two positions, is refused rather than guessed at (an identical copy is
+    dropped when the slices are ordered; a copy with other pixels is refused there)."""
+    study = str(images[0].get("StudyInstanceUID", ""))
+    seen: dict[str, tuple[str, str]] = {}
+    for ds in images:
+        name = Path(ds.filename).name
+        other = str(ds.get("StudyInstanceUID", ""))
+        if other != study:
+            raise DicomInputError(f"series {series_uid} - file {name} belongs to another study "
+                                  f"({shown(other)}, not {shown(study)})")
+        uid, where = str(ds.get("SOPInstanceUID", "")), str(ds.get("ImagePositionPatient", ""))
+        first = seen.setdefault(uid, (name, where))
+        if first[1] != where:
+            raise DicomInputError(f"series {series_uid} - SOP Instance UID {shown(uid)} names "
+                                  f"two images at different positions ({first[0]} and {name})")
+
+
+def _finite(array: np.ndarray, series_uid: str) -> np.ndarray:
+    """``array`` when every voxel is a finite number (float pixel data may hold NaN)."""
+    if not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise DicomInputError(f"series {series_uid} - {bad} voxel(s) are NaN or infinite")
+    return array
 
 
 def _drop_localizers(datasets: list[Dataset], series_uid: str) -> tuple[list[Dataset], list[str]]:
@@ -204,7 +264,7 @@ def _thickness(item: Dataset) -> float | None:
     """SpacingBetweenSlices, else SliceThickness, of a dataset or pixel-measures item."""
     for keyword in ("SpacingBetweenSlices", "SliceThickness"):
         value = item.get(keyword)
-        if value not in (None, "") and float(value) > 0:
+        if value not in (None, "") and 0 < finite_float(value, keyword) <= MAX_EXTENT_MM:
             return float(value)
     return None
 
@@ -220,8 +280,8 @@ def _frames_of(ds: Dataset, series_uid: str) -> list[_Frame]:
         if CtStorage.is_multiframe(str(ds.SOPClassUID)):
             return _enhanced_frames(ds)
         return [_single_frame(ds)]
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
-        raise DicomInputError(f"{where} - missing or invalid geometry: {e}") from e
+    except Exception as e:  # noqa: BLE001 - any missing, broken or absurd header value
+        raise DicomInputError(f"{where} - missing or invalid geometry: {described(e)}") from e
 
 
 def _single_frame(ds: Dataset) -> _Frame:
@@ -236,12 +296,14 @@ def _frame(ds: Dataset, frame_number: int | None, position: Dataset, orientation
     return _Frame(
         source=SliceSource(str(ds.SOPInstanceUID), str(ds.SOPClassUID), Path(ds.filename),
                            frame_number),
-        position=np.asarray(position.ImagePositionPatient, dtype=float),
-        orientation=np.asarray(orientation.ImageOrientationPatient, dtype=float),
-        pixel_spacing=(float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
+        position=np.asarray(finite_floats(position.ImagePositionPatient,
+                                          "ImagePositionPatient")),
+        orientation=np.asarray(finite_floats(orientation.ImageOrientationPatient,
+                                             "ImageOrientationPatient")),
+        pixel_spacing=tuple(finite_floats(measures.PixelSpacing[:2], "PixelSpacing")),
         shape=(int(ds.Rows), int(ds.Columns)),
-        slope=float(rescale.get("RescaleSlope", 1.0) or 1.0),
-        intercept=float(rescale.get("RescaleIntercept", 0.0) or 0.0),
+        slope=finite_float(rescale.get("RescaleSlope", 1.0) or 1.0, "RescaleSlope"),
+        intercept=finite_float(rescale.get("RescaleIntercept", 0.0) or 0.0, "RescaleIntercept"),
         thickness=_thickness(measures),
     )
 
@@ -343,6 +405,10 @@ def _affine(frames: list[_Frame], series_uid: str) -> tuple[np.ndarray, list[str
     normal = _normal(first.orientation)
     warnings: list[str] = []
     if len(frames) > 1:
+        extent = float(np.linalg.norm(frames[-1].position - first.position))
+        if extent > MAX_EXTENT_MM:
+            raise DicomInputError(f"series {series_uid} - slices span {extent:.3g} mm (at most "
+                                  f"{MAX_EXTENT_MM:g}): a slice position is wrong")
         step = (frames[-1].position - first.position) / (len(frames) - 1)
         warnings += _spacing_warnings(frames, normal, series_uid)
         warnings += _tilt_warnings(step, normal, series_uid)
@@ -417,7 +483,7 @@ class _PixelCache:
         ds = self._datasets[path]
         try:
             return ds.pixel_array
-        except (AttributeError, NotImplementedError, RuntimeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever a broken pixel data element raises
             syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
             raise DicomInputError(
                 f"DICOM file {path} - pixel data cannot be decoded (transfer syntax "

@@ -14,6 +14,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from dicom_io.checks import finite_int
+
+#: A pixel spacing above this (mm) is no image's: treated as absent.
+MAX_SPACING_MM = 1000.0
+
 
 class Units(StrEnum):
     """Graphic / Bounding Box / Anchor Point Annotation Units."""
@@ -55,7 +60,7 @@ class SpatialTransform:
 
 def spatial_transform(ds: Dataset) -> SpatialTransform:
     """The GSPS's Spatial Transformation module (identity when absent)."""
-    rotation = int(ds.get("ImageRotation", 0) or 0) % 360
+    rotation = finite_int(ds.get("ImageRotation", 0) or 0, "ImageRotation") % 360
     flip = str(ds.get("ImageHorizontalFlip", "N") or "N").upper() == "Y"
     return SpatialTransform(rotation, flip)
 
@@ -80,7 +85,7 @@ def frame_numbers(ref: Dataset) -> list[int]:
     if value is None or value == "":
         return []
     values = value if isinstance(value, MultiValue | list | tuple) else [value]
-    return [int(v) for v in values]
+    return [finite_int(v, "ReferencedFrameNumber") for v in values]
 
 
 def displayed_area(ds: Dataset, sop_uid: str | None, frame: int | None) -> DisplayedArea | None:
@@ -95,12 +100,10 @@ def displayed_area(ds: Dataset, sop_uid: str | None, frame: int | None) -> Displ
             return None
         spacing = item.get("PresentationPixelSpacing")
         return DisplayedArea(
-            tlhc=(int(tlhc[0]), int(tlhc[1])),
-            brhc=(int(brhc[0]), int(brhc[1])),
+            tlhc=tuple(finite_int(v, "DisplayedAreaTopLeftHandCorner") for v in tlhc),
+            brhc=tuple(finite_int(v, "DisplayedAreaBottomRightHandCorner") for v in brhc),
             size_mode=str(item.get("PresentationSizeMode", "") or ""),
-            presentation_pixel_spacing=(float(spacing[0]), float(spacing[1]))
-            if spacing and len(spacing) == 2
-            else None,
+            presentation_pixel_spacing=_spacing_pair(spacing),
         )
     return None
 
@@ -172,13 +175,13 @@ def _functional_group_spacing(image: Dataset) -> object:
 
 
 def _spacing_pair(value: object) -> tuple[float, float] | None:
-    """A valid positive (row, column) spacing or None."""
+    """A valid positive (row, column) spacing, at most ``MAX_SPACING_MM``, or None."""
     try:
         row, col = (float(v) for v in value)  # type: ignore[union-attr]
     except (TypeError, ValueError):
         return None
-    if not (np.isfinite(row) and np.isfinite(col)) or row <= 0 or col <= 0:
-        return None
+    if not (0 < row <= MAX_SPACING_MM and 0 < col <= MAX_SPACING_MM):
+        return None  # also NaN and infinity
     return row, col
 
 

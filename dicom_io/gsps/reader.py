@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from dicom_io.checks import check_structure, described, finite_int, shown, valid_uid
 from dicom_io.errors import DicomInputError
 from dicom_io.gsps.annotation import POINT_COUNTS, Annotation, AnnotationKind
 from dicom_io.gsps.classify import Compound, Drawing, Graphic, TextObject, classify_item
@@ -31,12 +32,15 @@ from dicom_io.gsps.geometry import (
     pixel_spacing,
     spatial_transform,
 )
+from dicom_io.printable import printable
 from dicom_io.series_index import CtStorage
 
 logger = logging.getLogger(__name__)
 
 # Presentation State Storage SOP classes (grayscale, color, pseudo-color, blending, ...).
 _PRESENTATION_STATE_ROOT = "1.2.840.10008.5.1.4.1.1.11."
+# Coordinates (PIXEL units) beyond this magnitude are on no image (Rows, Columns < 65536).
+MAX_PIXEL_COORDINATE = 100_000.0
 # Points this far (PIXEL units) outside the image still count as on its edge.
 _EDGE_TOLERANCE_PX = 1e-3
 
@@ -93,11 +97,24 @@ def read_gsps(
 def annotations_of(
     ds: Dataset, path: Path | str = "", image: Dataset | Sequence[Dataset] | None = None
 ) -> list[Annotation]:
-    """The annotations of an already read presentation state (``path`` only names it in logs)."""
+    """The annotations of an already read presentation state (``path`` only names it in logs).
+
+    A malformed annotation item is returned as a skip; a file whose shared parts (referenced
+    series, spatial transformation) are unusable raises DicomInputError naming it.
+    """
+    try:
+        return _annotations(ds, path, image)
+    except Exception as e:  # noqa: BLE001 - hostile values anywhere in the file
+        raise DicomInputError(f"GSPS file {Path(path).name} - unreadable: "
+                              f"{described(e)}") from e
+
+
+def _annotations(ds: Dataset, path: Path | str, image: Dataset | Sequence[Dataset] | None
+                 ) -> list[Annotation]:
     uid = str(ds.get("SOPInstanceUID", ""))
     items = ds.get("GraphicAnnotationSequence") or []
     if not items:
-        _note_private_only(ds, path)
+        _note_private_only(ds, Path(path))
         return []
     series = _referenced_series(ds)
     transform, transform_problem = _transform(ds)
@@ -127,10 +144,11 @@ def _item_or_skip(
         ctx = _Context(target, area, *transform)
         layer = str(item.get("GraphicLayer", "") or "")
         return [(d, ctx, layer) for d in _item_drawings(item, number, ctx, layer)]
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
-        logger.warning("GSPS file %s: annotation item %d unreadable: %s", path, number, e)
+    except Exception as e:  # noqa: BLE001 - one malformed item is a skip, never a crash
+        logger.warning("GSPS file %s: annotation item %d unreadable: %s", Path(path).name,
+                       number, described(e))
         skip = Drawing(AnnotationKind.TEXT, np.empty((0, 2)), f"item {number}", (3, 0),
-                       skip_reason=f"unreadable annotation item: {e}")
+                       skip_reason=f"unreadable annotation item: {described(e)}")
         return [(skip, _Context(_Target(None, None, None, None), None, None, None), "")]
 
 
@@ -149,22 +167,40 @@ def _images_by_uid(image: Dataset | Sequence[Dataset] | None) -> dict[str, Datas
 
 def read_presentation_state(path: Path) -> Dataset:
     """The dataset of ``path`` if it is a presentation state, else a DicomInputError naming the
-    file and what it is."""
+    file and what it is. Every element is decoded and the structure bounded here
+    (:func:`~dicom_io.checks.check_structure`), so a broken file fails here, not later."""
+    what = f"GSPS file {Path(path).name}"
     try:
         ds = pydicom.dcmread(path)
+        check_structure(ds, what)
+    except DicomInputError:
+        raise
     except InvalidDicomError as e:
-        raise DicomInputError(f"GSPS file {path} - not a DICOM file: {e}") from e
-    except (OSError, ValueError, EOFError) as e:
-        raise DicomInputError(f"GSPS file {path} - cannot be read: {e}") from e
+        raise DicomInputError(f"{what} - not a DICOM file: {described(e)}") from e
+    except RecursionError as e:
+        raise DicomInputError(f"{what} - sequences nested too deep to read") from e
+    except Exception as e:  # noqa: BLE001 - whatever hostile bytes make pydicom raise
+        raise DicomInputError(f"{what} - cannot be read: "
+                              f"{described(e)}") from e
     sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
     modality = str(ds.get("Modality", "") or "")
     if sop_class.startswith(_PRESENTATION_STATE_ROOT) or (not sop_class and modality == "PR"):
+        _check_uids(ds, what)
         return ds
-    what = UID(sop_class).name if sop_class else "an object without SOP Class UID"
+    kind = UID(sop_class).name if UID(sop_class).is_valid else shown(sop_class)
     raise DicomInputError(
-        f"GSPS file {path} - is a {what} (modality {modality or 'unknown'}), "
-        "not a presentation state"
+        f"{what} - is a {kind or 'an object without SOP Class UID'} (modality "
+        f"{printable(modality, 16) if modality else 'unknown'}), not a presentation state"
     )
+
+
+def _check_uids(ds: Dataset, what: str) -> None:
+    """The UIDs that name a GSPS in the catalog and in file names must be well formed."""
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID"):
+        try:
+            valid_uid(ds.get(keyword), keyword)
+        except ValueError as e:
+            raise DicomInputError(f"{what} - {e}") from e
 
 
 def _note_private_only(ds: Dataset, path: Path) -> None:
@@ -216,17 +252,17 @@ def read_target(path: str | Path) -> GspsTarget:
 
     Raises DicomInputError naming the file when it cannot be read or references no series.
     """
+    ds = read_presentation_state(Path(path))
     name = Path(path).name
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
         series = drawn_series(ds)
-        target = GspsTarget(str(path), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), series)
-    except (OSError, AttributeError, InvalidDicomError) as e:
-        raise DicomInputError(f"GSPS {name}: no referenced series ({type(e).__name__})") from e
+    except Exception as e:  # noqa: BLE001 - a malformed reference of a hostile file
+        raise DicomInputError(f"GSPS {name}: unreadable referenced series ("
+                              f"{described(e)})") from e
     if not series:
         raise DicomInputError(f"GSPS {name}: no referenced series (Referenced Series Sequence "
                               "is empty)")
-    return target
+    return GspsTarget(str(path), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), series)
 
 
 def _referenced_series(ds: Dataset) -> dict[str, tuple[str, str]]:
@@ -354,14 +390,14 @@ def _shape(index: int, item: Dataset, type_keyword: str, units_keyword: str, ctx
     kind = str(item.get(type_keyword, "") or "").upper()
     points, problem = _points(item.get("GraphicData"), item.get("GraphicDimensions", 2))
     declared = item.get("NumberOfGraphicPoints")
-    if problem is None and declared not in (None, "") and int(declared) != len(points):
+    if problem is None and declared not in (None, "") and finite_int(
+            declared, "NumberOfGraphicPoints") != len(points):
         problem = f"Number of Graphic Points {declared} but {len(points)} points in Graphic Data"
     if problem is None:
         points, problem = _to_pixel(points, str(item.get(units_keyword, "")), ctx)
-    if problem is None and not np.all(np.isfinite(points)):
-        problem = f"{what}{kind or 'graphic'} has NaN or infinite coordinates"
-    compound = item.get("CompoundGraphicInstanceID")
-    return index, kind, points, None if compound is None else int(compound), problem
+    if problem is None:
+        problem = _coordinate_problem(points, f"{what}{kind or 'graphic'}")
+    return index, kind, points, _compound_id(item), problem
 
 
 def _text(index: int, t: Dataset, ctx: _Context) -> TextObject:
@@ -375,8 +411,8 @@ def _text(index: int, t: Dataset, ctx: _Context) -> TextObject:
             problem = f"Anchor Point with {len(pts)} points"
         if problem is None:
             pts, problem = _to_pixel(pts, str(t.get("AnchorPointAnnotationUnits", "")), ctx)
-        if problem is None and not np.all(np.isfinite(pts)):
-            problem = "text anchor has NaN or infinite coordinates"
+        if problem is None:
+            problem = _coordinate_problem(pts, "text anchor")
         anchor = pts[0] if problem is None else None
     box = None
     tlhc, brhc = t.get("BoundingBoxTopLeftHandCorner"), t.get("BoundingBoxBottomRightHandCorner")
@@ -384,11 +420,25 @@ def _text(index: int, t: Dataset, ctx: _Context) -> TextObject:
         pts, problem = _points(list(tlhc) + list(brhc))
         if problem is None:
             pts, problem = _to_pixel(pts, str(t.get("BoundingBoxAnnotationUnits", "")), ctx)
-        box = (pts[0], pts[1]) if problem is None and np.all(np.isfinite(pts)) else None
+        usable = problem is None and _coordinate_problem(pts, "") is None
+        box = (pts[0], pts[1]) if usable else None
     visible = str(t.get("AnchorPointVisibility", "N") or "N").upper() == "Y"
-    compound = t.get("CompoundGraphicInstanceID")
-    return TextObject(index, value, anchor, visible, box,
-                      None if compound is None else int(compound), problem)
+    return TextObject(index, value, anchor, visible, box, _compound_id(t), problem)
+
+
+def _compound_id(item: Dataset) -> int | None:
+    """The item's Compound Graphic Instance ID (None when it has none)."""
+    value = item.get("CompoundGraphicInstanceID")
+    return None if value is None else finite_int(value, "CompoundGraphicInstanceID")
+
+
+def _coordinate_problem(points: np.ndarray, what: str) -> str | None:
+    """Why PIXEL coordinates are unusable: not finite, or beyond any image."""
+    if not np.all(np.isfinite(points)):
+        return f"{what} has NaN or infinite coordinates"
+    if points.size and float(np.max(np.abs(points))) > MAX_PIXEL_COORDINATE:
+        return f"{what} has coordinates beyond {MAX_PIXEL_COORDINATE:g} pixels"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
