@@ -40,10 +40,11 @@ from db.queries import (
     series_state,
 )
 from db.records import FailureRecord, HarvestRunRecord, RunStatus, Stage
+from dicom_io.checks import MESSAGE_LIMIT, described
 from dicom_io.files import remove_stale_temps
 from dicom_io.gsps import GspsTarget, read_target
-from dicom_io.pacs import Discovery, IncompleteDiscoveryError, InstanceMatch, PacsError
-from dicom_io.printable import escape_logs
+from dicom_io.pacs import Discovery, IncompleteDiscoveryError, InstanceMatch
+from dicom_io.printable import escape_logs, printable
 from flows.artifacts import Progress, RunSummary, publish_summary
 from flows.options import HarvestOptions, resolve_window, window_bounds
 from flows.segment_flow import segment_one
@@ -70,8 +71,9 @@ from flows.tasks import (
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Errors that fail one object but not the run (recorded in the catalog, retried next run).
-ITEM_ERRORS = (PacsError, OSError, ValueError)
+#: Errors that fail one object but not the run (recorded in the catalog, retried next run):
+#: any, whatever a hostile object or an unlucky PACS makes a library raise.
+ITEM_ERRORS = (Exception,)
 
 
 def _flow_run_id() -> str | None:
@@ -100,10 +102,10 @@ class _Run:
 
     def fail(self, stage: Stage, uid: str, exc: BaseException) -> None:
         """Record a failed object (no patient data: messages name UIDs and the PACS only)."""
-        self.recorder.record_failure(FailureRecord(stage, uid, type(exc).__name__, str(exc),
-                                                   self.run_id))
+        self.recorder.record_failure(FailureRecord(stage, uid, type(exc).__name__,
+                                                   printable(exc, MESSAGE_LIMIT), self.run_id))
         self.summary.failed_by_stage[stage.value] += 1
-        logger.warning("%s failed for %s: %s", stage.value, uid, exc)
+        logger.warning("%s failed for %s: %s", stage.value, uid, described(exc))
 
     def resolve(self, stage: Stage, uid: str) -> None:
         """The retry of a failed object worked."""

@@ -30,12 +30,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 from threadpoolctl import threadpool_limits
 
 from db import Recorder, open_catalog
 from db.records import FailureRecord, SegStatus, Stage
-from dicom_io.errors import DicomInputError
+from dicom_io.checks import MESSAGE_LIMIT, described
+from dicom_io.printable import printable
 from dicom_io.processes import start_forkserver, worker_pool
 from dicom_io.volume import load_series
 from flows.segment_series import ParsedGsps, SeriesRun, parse_gsps, segment_series
@@ -110,9 +110,11 @@ def segmenter(model: str, device: str | None, threads: int | None = None) -> Cho
 
 def _fail(recorder: Recorder, outcome: SeriesOutcome, stage: Stage, uid: str, exc: Exception,
           run_id: int | None) -> SeriesOutcome:
-    recorder.record_failure(FailureRecord(stage, uid, type(exc).__name__, str(exc), run_id))
-    outcome.failed_stage, outcome.message = stage.value, f"{type(exc).__name__}: {exc}"
-    logger.warning("series %s failed at %s: %s", outcome.series_instance_uid, stage.value, exc)
+    recorder.record_failure(FailureRecord(stage, uid, type(exc).__name__,
+                                          printable(exc, MESSAGE_LIMIT), run_id))
+    outcome.failed_stage, outcome.message = stage.value, described(exc)
+    logger.warning("series %s failed at %s: %s", outcome.series_instance_uid, stage.value,
+                   described(exc))
     return outcome
 
 
@@ -124,11 +126,11 @@ def _parse(job: SeriesJob, recorder: Recorder, run_id: int | None,
         path = Path(name)
         try:
             parsed.append(job.own_annotations(parse_gsps(path), name))
-        except DicomInputError as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad GSPS is its failure, never the series'
             if job.gsps_series.get(name, [job.series_instance_uid])[0] != job.series_instance_uid:
                 continue  # a GSPS shared with other series: its first series' job records it
             recorder.record_failure(FailureRecord(Stage.PARSE, path.stem, type(exc).__name__,
-                                                  str(exc), run_id))
+                                                  printable(exc, MESSAGE_LIMIT), run_id))
             outcome.parse_failures += 1
     return parsed
 
@@ -148,20 +150,20 @@ def run_job(job: SeriesJob, catalog_url: str, output_dir: str, model: str = "aut
     try:
         volume = load_series(Path(job.series_dir), job.series_instance_uid)
         parsed = _parse(job, recorder, run_id, outcome)
-    except (DicomInputError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the input, this series' recorded failure
         return _fail(recorder, outcome, Stage.LOAD, job.series_instance_uid, exc, run_id)
     t1 = clock()
     choice = segmenter(model, device, threads)
     try:
         run = segment_series(volume, parsed, choice, Path(output_dir) / job.study_instance_uid)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001
         return _fail(recorder, outcome, Stage.SEGMENT, job.series_instance_uid, exc, run_id)
     t2 = clock()
     outcome.model_spans = run.model_spans
     model_s = sum(end - start for start, end in run.model_spans)
     try:
         recorder.record_series_results(run.catalog_records(Path(job.series_dir)))
-    except (SQLAlchemyError, ValueError) as exc:  # recorded as a catalog failure; batch goes on
+    except Exception as exc:  # noqa: BLE001 - recorded as a catalog failure; the batch goes on
         return _fail(recorder, outcome, Stage.CATALOG, job.series_instance_uid, exc, run_id)
     for stage in (Stage.LOAD, Stage.SEGMENT, Stage.CATALOG):
         recorder.resolve_failure(stage, job.series_instance_uid)

@@ -39,7 +39,7 @@ from db.records import (
     Stage,
     StudyRecord,
 )
-from dicom_io.errors import DicomInputError
+from dicom_io.checks import described
 from dicom_io.gsps import (
     Annotation,
     AnnotationKind,
@@ -76,7 +76,7 @@ class GspsFailure:
     """A GSPS file that could not be read as one (recorded; the other files go on)."""
 
     path: Path
-    error: DicomInputError
+    error: Exception
 
 
 def parse_gsps(path: Path) -> ParsedGsps:
@@ -92,8 +92,8 @@ def read_gsps_files(paths: Sequence[Path]) -> tuple[list[ParsedGsps], list[GspsF
     for path in map(Path, paths):
         try:
             parsed.append(parse_gsps(path))
-        except DicomInputError as exc:
-            log.warning("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - one bad file is its failure, never the batch's
+            log.warning("GSPS file %s: %s", path.name, described(exc))
             failures.append(GspsFailure(path, exc))
     return parsed, failures
 
@@ -251,37 +251,67 @@ _PROMPT_KIND = {kind: PromptKind(kind.value) for kind in AnnotationKind
 
 def _segment_gsps(run: SeriesRun, gsps: ParsedGsps, choice: Choice,
                   out_dir: Path) -> list[AnnotationResult]:
-    """The annotations of one GSPS: skips, empty-mask failures, then one SEG of the rest."""
+    """The annotations of one GSPS: skips, failures, then one SEG of the rest. Whatever goes
+    wrong with one annotation, or with the model or the SEG of this GSPS, is recorded as their
+    failure with the stage and reason; the other GSPS of the series go on."""
     results, todo = [], []
     for ann in gsps.annotations:
-        located = locate(ann, run.volume)
-        prompt, reason = prompt_of(located)
-        if prompt is None:
-            results.append(AnnotationResult(located=located, gsps_file=str(gsps.path),
-                                            status=SegStatus.SKIPPED, reason=reason))
+        prompted, skipped = _prompted(run.volume, ann, gsps)
+        if skipped is not None:
+            results.append(skipped)
         else:
-            todo.append(_Prompted(located, prompt))
+            todo.append(prompted)
     if not todo:
         return results
     started = time.time()
-    masks = choice.segmenter.segment(run.volume.array, run.volume.spacing,
-                                     [t.prompt for t in todo])
-    run.model_spans.append((started, time.time()))
+    try:
+        masks = choice.segmenter.segment(run.volume.array, run.volume.spacing,
+                                         [t.prompt for t in todo])
+    except Exception as exc:  # noqa: BLE001 - a model error is these annotations' failure
+        return results + _failed(run, todo, gsps, f"segment: {described(exc)}")
+    finally:
+        run.model_spans.append((started, time.time()))
     seconds = round((run.model_spans[-1][1] - started) / len(todo), 3)
     kept = []
     for item, mask in zip(todo, masks, strict=True):
         if mask.any():
             measures = measure_mask(mask, run.volume.spacing, run.volume.array)
             kept.append(_Prompted(item.located, item.prompt, mask, measures))
-            continue
-        failed = _segmentation(run.algorithm, item.located.annotation, status=SegStatus.FAILED,
-                               reason=EMPTY_MASK)
-        results.append(AnnotationResult(located=item.located, gsps_file=str(gsps.path),
-                                        status=SegStatus.FAILED, reason=EMPTY_MASK,
-                                        segmentation=failed, seconds=seconds))
+        else:
+            results += _failed(run, [item], gsps, EMPTY_MASK, seconds)
     if kept:
-        results.extend(_write_outputs(run, kept, gsps, out_dir, seconds))
+        try:
+            results.extend(_write_outputs(run, kept, gsps, out_dir, seconds))
+        except Exception as exc:  # noqa: BLE001 - a SEG that cannot be written fails its GSPS
+            results += _failed(run, kept, gsps, f"seg_write: {described(exc)}", seconds)
     return results
+
+
+def _prompted(volume: Volume, ann: Annotation, gsps: ParsedGsps
+              ) -> tuple[_Prompted | None, AnnotationResult | None]:
+    """The annotation placed on the volume as a prompt, or its skip with the reason."""
+    try:
+        located = locate(ann, volume)
+    except Exception as exc:  # noqa: BLE001 - an annotation that cannot be placed is a skip
+        located = LocatedAnnotation(ann, skip_reason=f"cannot be placed: {described(exc)}")
+    prompt, reason = prompt_of(located)
+    if prompt is None:
+        return None, AnnotationResult(located=located, gsps_file=str(gsps.path),
+                                      status=SegStatus.SKIPPED, reason=reason)
+    return _Prompted(located, prompt), None
+
+
+def _failed(run: SeriesRun, items: Sequence[_Prompted], gsps: ParsedGsps, reason: str,
+            seconds: float = 0.0) -> list[AnnotationResult]:
+    """These annotations tried and failed: a catalog row each, with the reason."""
+    if reason != EMPTY_MASK:
+        log.warning("GSPS %s: %d annotation(s) failed: %s", gsps.sop_instance_uid, len(items),
+                    reason)
+    return [AnnotationResult(
+        located=item.located, gsps_file=str(gsps.path), status=SegStatus.FAILED, reason=reason,
+        segmentation=_segmentation(run.algorithm, item.located.annotation,
+                                   status=SegStatus.FAILED, reason=reason),
+        seconds=seconds) for item in items]
 
 
 def prompt_of(located: LocatedAnnotation) -> tuple[Prompt | None, str | None]:
