@@ -37,6 +37,7 @@ def test_prefect_yaml_names_pools_schedule_and_entrypoints():
     entry = {d["name"]: d["entrypoint"] for d in doc["deployments"]}
     assert entry == {"nightly-harvest": "flows/harvest.py:nightly_harvest",
                      "backfill": "flows/harvest.py:backfill",
+                     "reconcile": "flows/reconcile.py:reconcile",
                      "segment": "flows/segment_flow.py:segment_batch",
                      "export": "flows/export_flow.py:export_dataset"}
     for target in entry.values():  # every entrypoint names a flow that exists

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 # and sets ``func`` (args -> exit code) as a default.
 _COMMANDS = (
     "synth", "gsps", "segment", "evaluate", "model", "train", "pacs",
-    "harvest", "catalog", "export", "db", "demo",
+    "harvest", "reconcile", "catalog", "export", "db", "demo",
 )
 
 
