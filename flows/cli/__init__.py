@@ -25,6 +25,7 @@ _COMMANDS = (
 )
 
 
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 #: Longest error message printed (a driver or library may say a lot, or echo an input).
 ERROR_CHARS = 500
 
@@ -40,6 +41,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {printable(message, ERROR_CHARS)} (see --help)\n")
 
 
+class _NoTraceback(logging.Formatter):
+    """Log lines without the tracebacks a library attaches (Prefect's failed task and flow
+    runs): one line each unless ``-v``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record's line, its ``exc_info``, cached ``exc_text`` and ``stack_info`` left out."""
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every sub-command registered."""
     parser = _Parser(prog="sam2ct", description=__doc__.splitlines()[0])
@@ -53,18 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sam2ct` console script.
 
-    Returns 0, or the command's own code; 2 with one line for bad input (``CommandError``,
-    ``CatalogError``, ``ValueError``, a missing file); 1 with one line ``Type: message`` for
-    anything else (its traceback logged at debug: ``-v`` shows it); 130 when interrupted.
+    Returns 0, or the command's own code; 2 with one line for a usage error or bad input
+    (``CommandError``, ``CatalogError``, ``ValueError``, a missing file); 1 with one line
+    ``Type: message`` for anything else (its traceback logged at debug: ``-v`` shows it);
+    130 when interrupted.
     """
     from db.engine import CatalogError
 
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    escape_logs()
-    if not args.verbose:  # highdicom narrates every copied module at INFO
-        logging.getLogger("highdicom").setLevel(logging.WARNING)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error (one line, already printed)
+        return done.code if isinstance(done.code, int) else 0
+    _configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except (CommandError, CatalogError, ValueError, FileNotFoundError,
@@ -75,6 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         logger.debug("sam2ct %s failed", args.command, exc_info=True)
         return fail(args.command, f"{type(exc).__name__}: {exc}", 1)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Log lines on stderr, escaped (``escape_logs``); without tracebacks unless ``verbose``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter((logging.Formatter if verbose else _NoTraceback)(_LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    escape_logs()
+    if not verbose:  # highdicom narrates every copied module at INFO
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 def fail(command: str, error: object, code: int) -> int:

@@ -9,6 +9,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,13 @@ def quiet_libraries() -> None:
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         for name in NOISY:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _quiet_local_server() -> None:
+    """Without PREFECT_API_URL the flows start a temporary local server: no telemetry from it
+    (its heartbeat fails with tracebacks on a busy machine). Before Prefect is imported."""
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _date(text: str) -> dt.date:
@@ -123,22 +131,36 @@ def _print(summaries: list[dict], as_json: bool) -> int:
     return 1 if any(s["failed"] for s in summaries) else 0
 
 
+def checked_options(args: argparse.Namespace):
+    """``options_from(args)``, its catalog opened (and migrated) once: a bad catalog is one
+    ``CatalogError`` before Prefect starts, not a failed flow run's traceback."""
+    from db import open_catalog
+
+    opts = options_from(args)
+    open_catalog(opts.catalog).dispose()
+    return opts
+
+
 def run_harvest(args: argparse.Namespace) -> int:
     """Run ``nightly_harvest`` over ``--from..--to``; exit 1 when anything failed."""
+    if args.end < args.start:
+        raise ValueError(f"--to {args.end} is before --from {args.start}")
+    opts = checked_options(args)  # before Prefect is imported: a bad catalog costs nothing
+    _quiet_local_server()
     from flows.harvest import nightly_harvest
 
     quiet_libraries()
-    if args.end < args.start:
-        raise ValueError(f"--to {args.end} is before --from {args.start}")
-    return _print([nightly_harvest(args.start, args.end, options_from(args))], args.json)
+    return _print([nightly_harvest(args.start, args.end, opts)], args.json)
 
 
 def run_backfill(args: argparse.Namespace) -> int:
     """Run ``backfill`` over ``--from..--to`` in ``--chunk-days`` windows."""
+    opts = checked_options(args)
+    _quiet_local_server()
     from flows.harvest import backfill
 
     quiet_libraries()
-    summaries = backfill(args.start, args.end, args.chunk_days, options_from(args))
+    summaries = backfill(args.start, args.end, args.chunk_days, opts)
     if not summaries:
         print("every window already harvested")
         return 0
