@@ -72,7 +72,7 @@ def test_retrieve(env, corpus, tmp_path, capsys, method) -> None:
 def test_retrieve_unknown_study_fails(env, tmp_path, capsys) -> None:
     assert main(["pacs", "retrieve", "--study", "1.2.3.4", "--out", str(tmp_path),
                  "--associations", "0"]) == 2
-    assert "Invalid '--associations' value 0" in capsys.readouterr().err
+    assert "argument --associations: 0 is out of range" in capsys.readouterr().err
     assert main(["pacs", "retrieve", "--study", "1.2.3.4", "--out", str(tmp_path)]) == 2
     assert "no instances for study 1.2.3.4" in capsys.readouterr().err
 
