@@ -190,6 +190,25 @@ def test_gsps_inspect_error_line_escapes_a_uid(synth_dir: Path, tmp_path: Path, 
     assert "1.2.3\\nINFO forged line" in line
 
 
+def test_catalog_table_escapes_control_characters(tmp_path: Path, capsys) -> None:
+    from test_db_catalog import series_results
+
+    from db import Recorder, open_catalog
+
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    engine = open_catalog(url)
+    Recorder(engine).record_series_results(
+        series_results(1, body_part="CHEST\x1b[2J", model="evil\nINFO forged"))
+    engine.dispose()
+    assert main(["catalog", "query", "--catalog", url, "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    assert "evil\\nINFO forged" in table and "\x1b" not in table
+    assert not any(line.startswith("INFO forged") for line in table.splitlines())
+    assert main(["catalog", "query", "--catalog", url, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)  # the data itself is kept as it is
+    assert {r["model_name"] for r in rows} == {"evil\nINFO forged"}
+
+
 def _forged_sop_class(source: Path, target: Path) -> Path:
     """A copy of ``source`` whose SOP Class UID holds a newline and a forged log line."""
     ds = pydicom.dcmread(source)

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from dicom_io.printable import printable
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``model`` sub-command group."""
@@ -47,4 +49,4 @@ def _text(data: dict) -> str:
         lines.append(f"{name.replace('_', ' ') + ':':18}{len(keys)}")
         lines += [f"  {k}" for k in keys[:20]] + ([f"  ... {len(keys) - 20} more"]
                                                   if len(keys) > 20 else [])
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # key names come from the file

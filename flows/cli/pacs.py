@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from dicom_io.printable import printable
 from flows.cli.bounds import bounded_float, bounded_int
 
 _LEVELS = ("study", "series", "image")
@@ -92,7 +93,7 @@ def _call(action):
 
 
 def _emit(args: argparse.Namespace, data: object, text: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else text)
+    print(json.dumps(data, indent=2) if args.json else printable(text))
 
 
 def run_echo(args: argparse.Namespace) -> int:
@@ -147,7 +148,7 @@ def run_find(args: argparse.Namespace) -> int:
     else:
         print("\t".join(return_keys))
         for row in rows:
-            print("\t".join(str(row.get(k, "")) for k in return_keys))
+            print("\t".join(printable(row.get(k, "")) for k in return_keys))  # PACS text
     return 0
 
 
