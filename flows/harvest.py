@@ -22,7 +22,6 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TypeVar
@@ -309,7 +308,8 @@ def segment_workers(opts: HarvestOptions, jobs: int) -> Iterator[SegmentWorkers 
     if size < 1:
         yield None
         return
-    with SegmentWorkers(size, opts.model, opts.device, opts.catalog) as workers:
+    with SegmentWorkers(size, opts.model, opts.device, opts.catalog,
+                        opts.job_limits()) as workers:
         yield workers
 
 
@@ -350,10 +350,11 @@ def _on_workers(run: _Run, ready: Iterator[SeriesJob], params: dict,
 
 def _outcome(run: _Run, job: SeriesJob,
              future: PrefectFuture[SeriesOutcome]) -> Iterator[SeriesOutcome]:
-    """The job's outcome; a worker process that died is the series' recorded failure."""
+    """The job's outcome; a worker process that died or was stuck is the series' recorded
+    failure."""
     try:
         yield future.result()
-    except BrokenProcessPool as exc:
+    except ITEM_ERRORS as exc:
         run.fail(Stage.SEGMENT, job.series_instance_uid, exc)
         run.failed_series[job.series_instance_uid] = Stage.SEGMENT.value
 

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from dicom_io.pacs import LocalAE, PacsHours, PacsSettings, RetrieveMethod
+from flows.limits import JobLimits
 from flows.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,12 @@ class HarvestOptions(BaseModel):
     segment_workers: int | None = Field(
         None, ge=0, le=64, description="segment worker processes; 0: in the flow's process; "
         "None: one per core (at most 4), one on a GPU")
+    segment_time_limit_s: float | None = Field(
+        3600.0, gt=0, description="seconds one series may take to load and segment; past it "
+        "the series is a recorded failure (None: no limit)")
+    segment_memory_mb: int | None = Field(
+        None, ge=256, description="address space of each CPU segment worker (MiB); None: 80 % "
+        "of the machine's memory shared by the workers")
     lease_seconds: float = Field(60.0, ge=60, le=3600, description="concurrency slot lease")
     pacs_hours: str | None = Field(
         None, validation_alias=AliasChoices("pacs_hours", "harvest_window"),
@@ -133,6 +140,10 @@ class HarvestOptions(BaseModel):
         return PacsSettings.parse(self.pacs, method=self.method,
                                   max_associations=self.max_associations,
                                   max_rate=self.rate_per_second, pacs_hours=hours)
+
+    def job_limits(self) -> JobLimits:
+        """The time and memory limits of each series' segment job."""
+        return JobLimits(seconds=self.segment_time_limit_s, memory_mb=self.segment_memory_mb)
 
     def local_ae(self) -> LocalAE:
         """Ourselves: AE title, storage SCP address and port, and who may send to it."""

@@ -38,6 +38,7 @@ from dicom_io.checks import MESSAGE_LIMIT, described
 from dicom_io.printable import printable
 from dicom_io.processes import start_forkserver, worker_pool
 from dicom_io.volume import load_series
+from flows.limits import JobLimits, WorkerStuck, cap_memory
 from flows.segment_series import ParsedGsps, SeriesRun, parse_gsps, segment_series
 from sam2ct.registry import Choice, choose_segmenter
 
@@ -108,8 +109,8 @@ def segmenter(model: str, device: str | None, threads: int | None = None) -> Cho
     return choice
 
 
-def _fail(recorder: Recorder, outcome: SeriesOutcome, stage: Stage, uid: str, exc: Exception,
-          run_id: int | None) -> SeriesOutcome:
+def _fail(recorder: Recorder, outcome: SeriesOutcome, stage: Stage, uid: str,
+          exc: BaseException, run_id: int | None) -> SeriesOutcome:
     recorder.record_failure(FailureRecord(stage, uid, type(exc).__name__,
                                           printable(exc, MESSAGE_LIMIT), run_id))
     outcome.failed_stage, outcome.message = stage.value, described(exc)
@@ -137,27 +138,24 @@ def _parse(job: SeriesJob, recorder: Recorder, run_id: int | None,
 
 def run_job(job: SeriesJob, catalog_url: str, output_dir: str, model: str = "auto",
             device: str | None = None, run_id: int | None = None,
-            threads: int | None = None) -> SeriesOutcome:
+            threads: int | None = None, limits: JobLimits | None = None) -> SeriesOutcome:
     """Load one series, segment it (``segment_series``), record it all in the catalog.
 
     A failure is recorded in the catalog with its stage and returned in the outcome; only an
-    unusable model or catalog raises.
+    unusable model or catalog raises. ``limits``: loading and segmenting past
+    ``limits.seconds`` is the series' failure (on the main thread; see :mod:`flows.limits`),
+    and this process's address space is capped at ``limits.memory_mb``.
     """
     outcome = SeriesOutcome(series_instance_uid=job.series_instance_uid)
     recorder = Recorder(catalog_engine(catalog_url))
+    if limits is not None:
+        cap_memory(limits.memory_mb)
     clock = time.perf_counter
     t0 = clock()
-    try:
-        volume = load_series(Path(job.series_dir), job.series_instance_uid)
-        parsed = _parse(job, recorder, run_id, outcome)
-    except Exception as exc:  # noqa: BLE001 - whatever the input, this series' recorded failure
-        return _fail(recorder, outcome, Stage.LOAD, job.series_instance_uid, exc, run_id)
-    t1 = clock()
-    choice = segmenter(model, device, threads)
-    try:
-        run = segment_series(volume, parsed, choice, Path(output_dir) / job.study_instance_uid)
-    except Exception as exc:  # noqa: BLE001
-        return _fail(recorder, outcome, Stage.SEGMENT, job.series_instance_uid, exc, run_id)
+    run, t1 = _load_and_segment(job, recorder, outcome, (model, device, threads), output_dir,
+                                run_id)
+    if run is None:
+        return outcome
     t2 = clock()
     outcome.model_spans = run.model_spans
     model_s = sum(end - start for start, end in run.model_spans)
@@ -171,9 +169,30 @@ def run_job(job: SeriesJob, catalog_url: str, output_dir: str, model: str = "aut
     outcome.seconds = {"parse": round(t1 - t0, 3), "segment": round(model_s, 3),
                        "seg_write": round(max(0.0, t2 - t1 - model_s), 3),
                        "catalog": round(t3 - t2, 3)}
-    outcome.warning = choice.warning
+    outcome.warning = run.warning
     _tally(outcome, run)
     return outcome
+
+
+def _load_and_segment(job: SeriesJob, recorder: Recorder, outcome: SeriesOutcome,
+                      segmenter_key: tuple[str, str | None, int | None], output_dir: str,
+                      run_id: int | None) -> tuple[SeriesRun | None, float]:
+    """The series segmented and the clock when it was loaded; None when a stage failed (its
+    failure recorded in ``outcome`` and the catalog)."""
+    try:
+        volume = load_series(Path(job.series_dir), job.series_instance_uid)
+        parsed = _parse(job, recorder, run_id, outcome)
+    except Exception as exc:  # noqa: BLE001 - whatever the input, this series' recorded failure
+        _fail(recorder, outcome, Stage.LOAD, job.series_instance_uid, exc, run_id)
+        return None, 0.0
+    loaded = time.perf_counter()
+    choice = segmenter(*segmenter_key)
+    try:
+        return segment_series(volume, parsed, choice,
+                              Path(output_dir) / job.study_instance_uid), loaded
+    except Exception as exc:  # noqa: BLE001
+        _fail(recorder, outcome, Stage.SEGMENT, job.series_instance_uid, exc, run_id)
+        return None, loaded
 
 
 def _tally(outcome: SeriesOutcome, run: SeriesRun) -> None:
@@ -222,15 +241,21 @@ class SegmentWorkers:
     raise ``BrokenProcessPool`` (the series' failure), and a fresh pool takes the jobs after.
     """
 
-    def __init__(self, size: int, model: str, device: str | None, catalog_url: str) -> None:
+    def __init__(self, size: int, model: str, device: str | None, catalog_url: str,
+                 limits: JobLimits | None = None) -> None:
         if size < 1:
             raise ValueError(f"Invalid 'size' value '{size}' - must be >= 1")
         self.size, self.model, self.device = size, model, device
         self.threads = max(1, (os.cpu_count() or 1) // size)
+        limits = limits or JobLimits()
+        self.limits = limits.model_copy(
+            update={"memory_mb": limits.worker_memory_mb(size, device)})
         self._catalog_url = catalog_url
         self._stack = ExitStack()
         self._executor: ProcessPoolExecutor | None = None
         self._renewing = threading.Lock()
+        #: pools whose workers were killed for a job past its time limit
+        self._stopped: set[ProcessPoolExecutor] = set()
         #: pools started after one broke (a count for the logs and tests)
         self.renewals = 0
 
@@ -253,20 +278,46 @@ class SegmentWorkers:
 
     def run(self, job: SeriesJob, catalog_url: str, output_dir: str,
             run_id: int | None = None) -> SeriesOutcome:
-        """Run one job on a free worker; wait for its outcome. A job that was never started
-        because the pool had broken before goes to the fresh pool."""
+        """Run one job on a free worker; wait for its outcome.
+
+        A job that has not ended within ``limits.seconds`` has the workers killed and replaced
+        and raises :class:`~flows.limits.WorkerStuck`; the jobs that were running beside it
+        are run again on the fresh workers (once). A job that was never started because the
+        pool had broken before goes to the fresh pool.
+        """
         args = (run_job, job, catalog_url, output_dir, self.model, self.device, run_id,
-                self.threads)
-        executor = self._current()
-        try:
-            future = executor.submit(*args)
-        except BrokenProcessPool:
-            future = self._renew(executor).submit(*args)
-        try:
-            return future.result()
-        except BrokenProcessPool:
-            self._renew(executor)
-            raise
+                self.threads, self.limits)
+        for attempt in (1, 2):
+            executor = self._current()
+            try:
+                future = executor.submit(*args)
+            except BrokenProcessPool:
+                executor = self._renew(executor)
+                future = executor.submit(*args)
+            try:
+                return future.result(timeout=self.limits.seconds)
+            except TimeoutError:
+                self._stop_stuck(executor)
+                raise WorkerStuck(f"series {job.series_instance_uid}: not done within its time "
+                                  f"limit of {self.limits.seconds:g} s; worker processes "
+                                  "replaced") from None
+            except BrokenProcessPool:
+                self._renew(executor)
+                if attempt == 2 or executor not in self._stopped:
+                    raise
+                logger.info("series %s: its worker was replaced for another series' time "
+                            "limit; running it again", job.series_instance_uid)
+        raise AssertionError("unreachable")
+
+    def _stop_stuck(self, executor: ProcessPoolExecutor) -> None:
+        """Kill the pool's worker processes (which one is stuck cannot be told from outside;
+        ``_processes`` is the executor's own table of them, Python 3.14 adds
+        ``terminate_workers``) and start fresh ones."""
+        self._stopped.add(executor)
+        for process in list(getattr(executor, "_processes", {}).values()):
+            logger.warning("killing segment worker process %s", process.pid)
+            process.kill()
+        self._renew(executor)
 
     def _current(self) -> ProcessPoolExecutor:
         if self._executor is None:

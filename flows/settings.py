@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     device: str | None = None  # cuda | mps | cpu; None picks the best available
     segment_deployment: str | None = None  # "segment-batch/segment": segment on the GPU pool
     segment_workers: int | None = None  # worker processes; 0: in the flow; None: one per core
+    segment_time_limit_s: float | None = 3600.0  # per series; past it: the series' failure
+    segment_memory_mb: int | None = None  # per worker; None: 80 % of memory over the workers
     reconcile_days: int = Field(7, ge=1)  # the nightly reconciliation re-counts this many days
 
     @classmethod

@@ -138,3 +138,79 @@ def test_model_busy_time_is_the_union_of_the_calls() -> None:
 def test_workers_must_be_at_least_one() -> None:
     with pytest.raises(ValueError, match="'size'"):
         SegmentWorkers(0, "classical", None, "sqlite://")
+
+
+# --- time and memory limits -------------------------------------------------------------------
+
+def test_a_series_past_its_time_limit_has_its_worker_replaced(study, tmp_path: Path) -> None:
+    """A job that does not end within its limit (its worker frozen here with SIGSTOP, as if
+    stuck in native code) raises WorkerStuck; the worker is killed, fresh ones take the next
+    jobs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.limits import JobLimits, WorkerStuck
+
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    limits = JobLimits(seconds=3.0)
+    with SegmentWorkers(1, "classical", None, url, limits) as workers, \
+            ThreadPoolExecutor(1) as caller:
+        stuck = workers._current().submit(os.getpid).result(timeout=120)
+        started = time.monotonic()
+        job = caller.submit(workers.run, _job(study), url, str(tmp_path / "seg"))
+        while not (tmp_path / "seg").exists():  # the job has loaded its series
+            assert not job.done(), job.result()
+            time.sleep(0.002)
+        os.kill(stuck, signal.SIGSTOP)
+        with pytest.raises(WorkerStuck, match="time limit of 3 s; worker processes replaced"):
+            job.result(timeout=120)
+        waited = time.monotonic() - started
+        fresh = workers._current().submit(os.getpid).result(timeout=120)
+    assert 3.0 <= waited < 60 and workers.renewals == 1
+    assert fresh != stuck and stuck not in forked_workers()
+
+
+def test_workers_run_jobs_under_their_memory_cap(study, tmp_path: Path) -> None:
+    import resource
+
+    from flows.limits import JobLimits
+
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    with SegmentWorkers(1, "classical", None, url, JobLimits(memory_mb=8192)) as workers:
+        assert workers.run(_job(study), url, str(tmp_path / "seg")).ok > 0
+        soft, _ = workers._current().submit(resource.getrlimit, resource.RLIMIT_AS).result()
+    assert soft == 8192 * 2**20
+
+
+_CAPPED = """
+import numpy as np
+from flows.limits import cap_memory
+
+cap_memory(1024)
+try:
+    np.ones(2**31, dtype=np.uint8)
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+def test_an_allocation_past_the_cap_is_a_memory_error() -> None:
+    """What a job catches and records as its failure, instead of the machine swapping."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "-c", _CAPPED], capture_output=True, text=True,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["MemoryError"]
+
+
+def test_default_memory_cap_shares_the_machine_and_leaves_gpus_alone() -> None:
+    from flows.limits import JobLimits
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    limits = JobLimits()
+    assert limits.worker_memory_mb(2, None) == max(2048, int(0.8 * total / 2))
+    assert limits.worker_memory_mb(2, "cuda") is None
+    assert JobLimits(memory_mb=4096).worker_memory_mb(4, "cpu") == 4096
