@@ -552,3 +552,49 @@ def test_a_segment_worker_that_dies_fails_only_its_series(harness, studies, tmp_
     assert failures == [(jobs[0].series_instance_uid, "BrokenProcessPool")]
     segs = sorted((tmp_path / "seg" / jobs[1].study_instance_uid).glob("*.dcm"))
     assert len(segs) == len(studies["studies"][1]["gsps"])
+
+
+POISON_DAY = dt.date(2026, 3, 3)  # a day of its own: the poisoned study only
+
+
+@pytest.fixture(scope="module")
+def poisoned(orthanc, tmp_path_factory) -> dict:
+    """One synthetic study (all 10 GSPS) on the module's Orthanc, one GSPS rewritten with
+    ImageRotation = inf (as a DS value: a writer that got the VR wrong)."""
+    from pydicom.dataelem import DataElement
+
+    from dicom_io.synth import make_studies
+
+    out = tmp_path_factory.mktemp("poisoned")
+    manifest = json.loads(make_studies(out, studies=1, seed=5, size=96, slices=24,
+                                       start_date=POISON_DAY).read_text())
+    study = manifest["studies"][0]
+    victim = out / study["gsps"][0]["file"]
+    ds = pydicom.dcmread(victim)
+    ds[0x00700042] = DataElement(0x00700042, "DS", "inf")
+    ds.save_as(victim)
+    orthanc.upload(sorted(out.glob("study-*/ct/*.dcm")) + [out / g["file"] for g in study["gsps"]])
+    return {"study": study, "victim": study["gsps"][0]["sop_instance_uid"]}
+
+
+def test_a_poisoned_gsps_is_one_recorded_failure_and_the_night_goes_on(
+        harness, orthanc, poisoned, store_port, pg_url, tmp_path):
+    from db import open_catalog
+    from db.models import PresentationState
+    from db.queries import open_failures
+    from flows.harvest import nightly_harvest
+
+    opts = _options(tmp_path, orthanc, store_port, pg_url)
+    summary = nightly_harvest(POISON_DAY, POISON_DAY, opts)
+    engine = open_catalog(pg_url)
+    failures = open_failures(engine)
+    with engine.connect() as conn:
+        catalogued = set(conn.execute(select(PresentationState.sop_instance_uid)).scalars())
+    good = {g["sop_instance_uid"] for g in poisoned["study"]["gsps"]} - {poisoned["victim"]}
+    print(f"\npoisoned night: found {summary['found']}, segmented {summary['segmented']}, "
+          f"failed by stage {summary['failed_by_stage']}, catalogued GSPS {len(catalogued)}")
+    assert summary["found"] == 10 and catalogued == good and len(good) == 9
+    assert summary["segmented"] >= 9 and summary["failed_by_stage"] == {"parse": 1}
+    assert list(failures["stage"]) == ["parse"]
+    assert "ImageRotation" in failures.iloc[0]["message"]
+    assert "\n" not in failures.iloc[0]["message"]

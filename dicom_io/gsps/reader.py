@@ -169,7 +169,7 @@ def read_presentation_state(path: Path) -> Dataset:
     """The dataset of ``path`` if it is a presentation state, else a DicomInputError naming the
     file and what it is. Every element is decoded and the structure bounded here
     (:func:`~dicom_io.checks.check_structure`), so a broken file fails here, not later."""
-    what = f"GSPS file {Path(path).name}"
+    what = f"GSPS file {path}"
     try:
         ds = pydicom.dcmread(path)
         check_structure(ds, what)
@@ -277,7 +277,9 @@ def _referenced_series(ds: Dataset) -> dict[str, tuple[str, str]]:
 
 
 def _transform(ds: Dataset) -> tuple[SpatialTransform | None, str | None]:
-    """The spatial transformation, or the problem with it (only DISPLAY units need it)."""
+    """The spatial transformation, or the problem with it (only DISPLAY units need it). A
+    rotation that is no number at all makes the whole file malformed (a ValueError)."""
+    finite_int(ds.get("ImageRotation", 0) or 0, "ImageRotation")
     try:
         return spatial_transform(ds), None
     except (TypeError, ValueError) as e:
