@@ -25,29 +25,12 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 pytestmark = pytest.mark.slow
+pytest_plugins = ["flow_fixtures"]  # fixtures: harness, pg_url
 
 WINDOW = (dt.date(2026, 1, 5), dt.date(2026, 1, 7))  # studies 1-3; study 4 (01-08) lies outside
 STUDY_1 = (dt.date(2026, 1, 5), dt.date(2026, 1, 5))  # study 1 only: a shorter run
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    """A temporary Prefect server (PREFECT_HOME in a temp folder), shared by this module."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED")}
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        from prefect.settings import PREFECT_API_URL
-
-        yield PREFECT_API_URL.value()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -93,23 +76,6 @@ def orthanc(tmp_path_factory, studies, store_port):
     peer.stop()
 
 
-@pytest.fixture()
-def pg_url():
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
-    import psycopg
-
-    name = f"flows_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    from flows.segment_jobs import catalog_engine
-
-    catalog_engine.cache_clear()
-    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
 
 
 def _options(tmp: Path, orthanc, store_port: int, catalog: str, **kw):

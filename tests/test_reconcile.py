@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from dicom_io.pacs import (
 from dicom_io.pacs.query import GSPS_SOP_CLASS
 
 pytestmark = pytest.mark.slow
-pytest_plugins = ["pacs_fixtures"]  # fixtures: corpus, local, orthanc, qrscp, peer
+pytest_plugins = ["pacs_fixtures", "flow_fixtures"]  # corpus, local, orthanc, qrscp, peer; harness, pg_url
 DAY = dt.date(2026, 1, 5)
 JAN = (dt.date(2026, 1, 1), dt.date(2026, 1, 31))
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -196,22 +194,6 @@ def test_real_peers_add_up_at_one_extra_cfind_with_counts(peer, local, corpus) -
 
 # --- reconciliation end to end -------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    """A temporary Prefect server (PREFECT_HOME in a temp folder), shared by this module."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED")}
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -250,23 +232,6 @@ def synth_orthanc(tmp_path_factory, synth, store_port):
     peer.stop()
 
 
-@pytest.fixture()
-def pg_url():
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
-    import psycopg
-
-    name = f"reconcile_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    from flows.segment_jobs import catalog_engine
-
-    catalog_engine.cache_clear()
-    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
 
 
 def _options(tmp: Path, address: str, store_port: int, catalog: str):
