@@ -107,14 +107,16 @@ def test_segment_with_a_bad_catalog_writes_nothing(synth_dir: Path, refused_port
     assert result.stdout == "" and not out.exists()
 
 
+@pytest.mark.parametrize("command", ["harvest", "reconcile"])
 def test_harvest_with_a_bad_catalog_fails_before_prefect_starts(refused_port: int,
-                                                               tmp_path: Path) -> None:
-    result = sam2ct("harvest", "--from", "2026-01-05", "--to", "2026-01-05",
+                                                               tmp_path: Path,
+                                                               command: str) -> None:
+    result = sam2ct(command, "--from", "2026-01-05", "--to", "2026-01-05",
                     "--pacs", f"NOBODY@127.0.0.1:{refused_port}", "--out", str(tmp_path / "seg"),
                     "--staging", str(tmp_path / "staging"),
                     "--catalog", f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:{refused_port}/x",
                     env={"PREFECT_HOME": str(tmp_path / "prefect")})
-    assert one_error_line(result).startswith("sam2ct harvest: error: catalog ")
+    assert one_error_line(result).startswith(f"sam2ct {command}: error: catalog ")
     assert not (tmp_path / "prefect").exists() and not (tmp_path / "seg").exists()
 
 
@@ -131,6 +133,8 @@ def test_a_huge_limit_is_one_usage_line(tmp_path: Path) -> None:
     (["pacs", "echo", "--timeout", "nan"], "--timeout"),
     (["pacs", "echo", "--store-port", "70000"], "--store-port"),
     (["backfill", "--from", "2026-01-01", "--to", "2026-01-02", "--chunk-days", "0"],
+     "--chunk-days"),
+    (["reconcile", "--from", "2026-01-01", "--to", "2026-01-02", "--chunk-days", "0"],
      "--chunk-days"),
     (["harvest", "--from", "2026-01-01", "--to", "2026-01-02", "--max-associations", "33"],
      "--max-associations"),

@@ -27,7 +27,7 @@ def quiet_libraries() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _quiet_local_server() -> None:
+def quiet_local_server() -> None:
     """Without PREFECT_API_URL the flows start a temporary local server: no telemetry from it
     (its heartbeat fails with tracebacks on a busy machine). Before Prefect is imported."""
     if not os.environ.get("PREFECT_API_URL"):
@@ -41,7 +41,8 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"'{text}' is not a date (YYYY-MM-DD)") from e
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_harvest_flags(p: argparse.ArgumentParser) -> None:
+    """``--from``/``--to`` and one flag per ``CLI_FLAGS`` option (harvest, backfill, reconcile)."""
     from flows.options import CLI_FLAGS, HarvestOptions
 
     p.add_argument("--from", dest="start", required=True, type=_date, help="first study date")
@@ -90,10 +91,10 @@ _SETTINGS_FIELDS = ("model", "pacs_hours", "segment_deployment", "segment_worker
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``harvest`` and ``backfill`` sub-commands."""
     p = sub.add_parser("harvest", help="harvest one window of study dates now")
-    _common(p)
+    add_harvest_flags(p)
     p.set_defaults(func=run_harvest)
     b = sub.add_parser("backfill", help="harvest a long range window by window, resumable")
-    _common(b)
+    add_harvest_flags(b)
     b.add_argument("--chunk-days", type=bounded_int(1, 3660),
                    default=7, help="days per window (default 7)")
     b.set_defaults(func=run_backfill)
@@ -146,7 +147,7 @@ def run_harvest(args: argparse.Namespace) -> int:
     if args.end < args.start:
         raise ValueError(f"--to {args.end} is before --from {args.start}")
     opts = checked_options(args)  # before Prefect is imported: a bad catalog costs nothing
-    _quiet_local_server()
+    quiet_local_server()
     from flows.harvest import nightly_harvest
 
     quiet_libraries()
@@ -156,7 +157,7 @@ def run_harvest(args: argparse.Namespace) -> int:
 def run_backfill(args: argparse.Namespace) -> int:
     """Run ``backfill`` over ``--from..--to`` in ``--chunk-days`` windows."""
     opts = checked_options(args)
-    _quiet_local_server()
+    quiet_local_server()
     from flows.harvest import backfill
 
     quiet_libraries()

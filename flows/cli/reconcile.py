@@ -11,28 +11,29 @@ import json
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``reconcile`` sub-command."""
-    from flows.cli.harvest import _common
+    from flows.cli.bounds import bounded_int
+    from flows.cli.harvest import add_harvest_flags
 
     p = sub.add_parser("reconcile", help="re-count past windows on the PACS against the "
                                          "catalog; harvest what is missing")
-    _common(p)
-    p.add_argument("--chunk-days", type=int, default=1, help="days per window (default 1)")
+    add_harvest_flags(p)
+    p.add_argument("--chunk-days", type=bounded_int(1, 3660), default=1, help="days per window (default 1)")
     p.set_defaults(func=run_reconcile)
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
     """Run the ``reconcile`` flow over ``--from..--to``; exit 1 when a window is still short
     (its discovery failed or did not add up, or its harvest had failures)."""
-    from flows.cli.harvest import options_from, quiet_libraries
+    from flows.cli.harvest import checked_options, quiet_libraries, quiet_local_server
+
+    if args.end < args.start:
+        raise ValueError(f"--to {args.end} is before --from {args.start}")
+    opts = checked_options(args)  # before Prefect is imported: a bad catalog is one line
+    quiet_local_server()
     from flows.reconcile import reconcile
 
     quiet_libraries()
-    if args.end < args.start:
-        raise ValueError(f"--to {args.end} is before --from {args.start}")
-    if args.chunk_days < 1:
-        raise ValueError(f"--chunk-days {args.chunk_days} must be at least 1")
-    checks = reconcile(args.start, args.end, chunk_days=args.chunk_days,
-                       options=options_from(args))
+    checks = reconcile(args.start, args.end, chunk_days=args.chunk_days, options=opts)
     if args.json:
         print(json.dumps(checks, indent=2, default=str))
     else:
