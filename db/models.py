@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from db.records import RunStatus, SegStatus, Stage
+from db.records import ReviewScore, RunStatus, SegStatus, Stage
 
 UID = String(64)
 
@@ -184,8 +184,37 @@ class Segmentation(Base):
     mean_hu: Mapped[float | None] = mapped_column(Float)
     preview_path: Mapped[str | None] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)
+    # automatic quality checks (migration 0004): [{"code": ..., "reason": ...}], NULL = not checked
+    quality_flags: Mapped[list | None] = mapped_column(JSON)
+    flag_count: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(),
                                                  index=True)
+
+
+class Review(Base):
+    """One reviewer's score of one segmentation (migration 0005). Re-scoring adds a row: the
+    newest row per segmentation is its score, the older ones its history."""
+
+    __tablename__ = "review"
+    __table_args__ = (Index("ix_review_segmentation_time", "segmentation_id", "reviewed_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    segmentation_id: Mapped[int] = mapped_column(
+        ForeignKey("segmentation.id", ondelete="CASCADE"))
+    score: Mapped[ReviewScore] = mapped_column(_enum(ReviewScore, "review_score"))
+    note: Mapped[str | None] = mapped_column(Text)
+    reviewer: Mapped[str] = mapped_column(String(64))
+    reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                  server_default=func.now())
+
+
+class CatalogKey(Base):
+    """A secret kept with the catalog, never with what leaves it (migration 0006): e.g. the key
+    that maps UIDs and case ids to stable pseudonyms in every export of this catalog."""
+
+    __tablename__ = "catalog_key"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class Failure(Base):

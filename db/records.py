@@ -33,6 +33,15 @@ class SegStatus(enum.StrEnum):
     SKIPPED = "skipped"
 
 
+class ReviewScore(enum.StrEnum):
+    """A reviewer's verdict on one segmentation, the paper's four-point scale."""
+
+    ACCEPTABLE = "acceptable"
+    MINOR_EDITS = "minor"
+    MAJOR_EDITS = "major"
+    UNUSABLE = "unusable"
+
+
 class Stage(enum.StrEnum):
     """Pipeline stage where a failure happened."""
 
