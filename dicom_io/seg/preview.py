@@ -28,8 +28,9 @@ _MIN_MARGIN = 24
 _RING_PX = 4  # width of the ring around a lesion that decides the window
 _AIR_FRACTION = 0.4
 _AIR_HU = -500.0
-_MASK_COLOUR = (255, 212, 0)
-_PROMPT_COLOUR = (0, 229, 255)
+#: The mask outline's and the GSPS drawing's colours (RGB), for legends.
+MASK_COLOUR = (255, 212, 0)
+PROMPT_COLOUR = (0, 229, 255)
 #: The image part of a preview is SIZE x SIZE pixels; a title bar of TITLE_PX sits above it.
 SIZE = 256
 TITLE_PX = 18
@@ -55,12 +56,15 @@ def render_preview(
     slice_index: int,
     kind: str,
     out_path: Path,
+    region: np.ndarray | None = None,
 ) -> Path:
     """Draw the prompt slice, the mask outline and the prompt (arrow with head) as a PNG.
 
     ``prompt_points_voxel`` is (N, 2) as (column, row) on slice ``slice_index``, in the order
     of :class:`sam2ct.prompts.Prompt` (arrow: head, then tail). The view is cropped around the
     lesion and prompt with some context; the title gives the kind and the volume in mL.
+    ``region`` (rows, columns), when given, is what the view is cropped around instead (e.g.
+    the same box on every slice of a lesion); the points are then drawn but not cropped to.
     """
     if mask.shape != volume.array.shape:
         raise ValueError(
@@ -73,7 +77,10 @@ def render_preview(
     points = np.asarray(prompt_points_voxel, dtype=float).reshape(-1, 2)
     kind = str(getattr(kind, "value", kind))
     plane, outline = volume.array[slice_index], mask[slice_index]
-    box = _crop_box(outline if outline.any() else mask.any(axis=0), points, plane.shape)
+    if region is None:
+        box = _crop_box(outline if outline.any() else mask.any(axis=0), points, plane.shape)
+    else:
+        box = _crop_box(region, np.empty((0, 2)), plane.shape)
     crop, outline = plane[box[0]:box[1], box[2]:box[3]], outline[box[0]:box[1], box[2]:box[3]]
     window = choose_window(crop, outline)
     volume_ml = np.count_nonzero(mask) * float(np.prod(volume.spacing)) / 1000.0
@@ -131,7 +138,7 @@ def _draw(
         big = np.asarray(Image.fromarray(outline).resize(size, Image.Resampling.NEAREST))
         edge = big & ~ndimage.binary_erosion(big, iterations=2, border_value=1)
         pixels = np.asarray(view).copy()
-        pixels[edge] = _MASK_COLOUR
+        pixels[edge] = MASK_COLOUR
         view = Image.fromarray(pixels)
     offset = ((SIZE - size[0]) // 2, TITLE_PX + (SIZE - size[1]) // 2)
     image = Image.new("RGB", (SIZE, SIZE + TITLE_PX))
@@ -146,18 +153,18 @@ def _draw_prompt(draw: ImageDraw.ImageDraw, xy: np.ndarray, kind: str) -> None:
     """The prompt as drawn by the radiologist: arrow with head, line(s), circle, polygon, ..."""
     pts = [tuple(p) for p in xy.tolist()]
     if kind == "arrow" and len(pts) >= 2:
-        draw.line([pts[1], pts[0]], fill=_PROMPT_COLOUR, width=2)
-        draw.polygon(_arrow_head(xy[0], xy[1]), fill=_PROMPT_COLOUR)
+        draw.line([pts[1], pts[0]], fill=PROMPT_COLOUR, width=2)
+        draw.polygon(_arrow_head(xy[0], xy[1]), fill=PROMPT_COLOUR)
     elif kind in ("line", "bidirectional", "ellipse") and len(pts) >= 2:
         for a, b in zip(pts[0::2], pts[1::2], strict=False):
-            draw.line([a, b], fill=_PROMPT_COLOUR, width=2)
+            draw.line([a, b], fill=PROMPT_COLOUR, width=2)
             _marker(draw, a, "+")
             _marker(draw, b, "+")
     elif kind == "circle" and len(pts) >= 2:
         (cx, cy), r = pts[0], float(np.linalg.norm(xy[1] - xy[0]))
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=_PROMPT_COLOUR, width=2)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=PROMPT_COLOUR, width=2)
     elif kind == "polygon" and len(pts) >= 3:
-        draw.line([*pts, pts[0]], fill=_PROMPT_COLOUR, width=2)
+        draw.line([*pts, pts[0]], fill=PROMPT_COLOUR, width=2)
     else:
         for p in pts:
             _marker(draw, p, "x")
@@ -181,7 +188,7 @@ def _marker(draw: ImageDraw.ImageDraw, p: tuple, shape: str, r: float = 4.0) -> 
     else:
         arms = [((x - r, y - r), (x + r, y + r)), ((x - r, y + r), (x + r, y - r))]
     for arm in arms:
-        draw.line(arm, fill=_PROMPT_COLOUR, width=2)
+        draw.line(arm, fill=PROMPT_COLOUR, width=2)
 
 
 def _caption(image: Image.Image, title: str, window: CtWindow) -> None:
