@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,9 @@ from dicom_io.files import write_text_atomic
 
 #: Previews embedded in the Markdown artifact (each a small PNG as a data URI).
 MAX_PREVIEWS = 12
+#: ``Progress`` also logs here at DEBUG (``extra`` ``percent``): the command line draws its bar
+#: from these records when the flow runs in its process.
+PROGRESS_LOGGER = "flows.progress"
 
 
 @dataclass
@@ -123,7 +127,9 @@ class Progress:
 
     def set(self, percent: float, description: str | None = None) -> None:
         """Move the bar to ``percent``."""
-        update_progress_artifact(self._id, max(0.0, min(100.0, percent)), description)
+        percent = max(0.0, min(100.0, percent))
+        update_progress_artifact(self._id, percent, description)
+        logging.getLogger(PROGRESS_LOGGER).debug(description or "", extra={"percent": percent})
 
 
 def write_html_report(path: Path, summary: RunSummary, title: str = "SAM2CT harvest") -> Path:
