@@ -21,10 +21,27 @@ logger = logging.getLogger(__name__)
 # and sets ``func`` (args -> exit code) as a default.
 _COMMANDS = (
     "synth", "gsps", "segment", "evaluate", "model", "train", "pacs",
-    "harvest", "reconcile", "catalog", "export", "db", "demo",
+    "harvest", "reconcile", "catalog", "export", "db", "demo", "completion",
 )
 
+#: What ``sam2ct --help`` says first, for the people who use it.
+DESCRIPTION = ("Mine radiologists' GSPS arrows and lines from a PACS into 3D CT lesion\n"
+               "segmentations (DICOM SEG), keep them in a catalog, export training datasets.")
+EPILOG = """\
+Start here:
+  sam2ct demo                                  the whole pipeline on synthetic studies, no set-up
+  sam2ct pacs echo                             check the link to your PACS (SAM2CT_PACS)
+  sam2ct harvest --from 2026-01-05 --to 2026-01-05
+  sam2ct catalog query --kind line --min-volume 1
+  sam2ct export --format nnunet --out Dataset501_Lesions --kind line
 
+Every command has --help. Settings, deployment and more examples: the README (README.md
+beside the source). Shell completion: eval "$(sam2ct completion bash)".
+"""
+
+
+#: The distribution (pyproject.toml's ``name``) whose version ``--version`` prints.
+DISTRIBUTION = "sam2ct-harvest"
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 #: Longest error message printed (a driver or library may say a lot, or echo an input).
 ERROR_CHARS = 500
@@ -57,12 +74,26 @@ class _NoTraceback(logging.Formatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every sub-command registered."""
-    parser = _Parser(prog="sam2ct", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="sam2ct", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMANDS:
         importlib.import_module(f"flows.cli.{name}").register(sub)
     return parser
+
+
+def version() -> str:
+    """This installation's version, from the package metadata (``unknown`` when the source is
+    used without being installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
