@@ -1,5 +1,6 @@
-"""Masks -> DICOM SEG over real LUNG1-001: dciodvfy, highdicom and dcmqi read-back, determinism,
-a multi-frame source, dcmqi's own SEG, and PNG previews."""
+"""Masks -> DICOM SEG over real LUNG1-001: dciodvfy, highdicom and dcmqi read-back (display colours
+in sRGB range), the GSPS referenced as source, determinism, a multi-frame source, dcmqi's own
+SEG, segment labels, and PNG previews."""
 
 from __future__ import annotations
 
@@ -17,24 +18,32 @@ from conftest import dciodvfy_errors, shared
 from PIL import Image
 
 from dicom_io.errors import DicomInputError
+from dicom_io.gsps import Annotation, read_presentation_state
 from dicom_io.seg import (
     AlgorithmFamily,
     AlgorithmSpec,
     CtWindow,
+    PresentationStateRef,
     SegmentSpec,
+    annotation_index_of,
     choose_window,
+    read_provenance,
     read_seg_masks,
     render_preview,
+    segment_label,
     tracking_id_for,
     tracking_uid_for,
     write_seg,
 )
+from dicom_io.seg.content import series_number_for
 from dicom_io.seg.preview import SIZE, TITLE_PX
 from dicom_io.truth import read_truth
 from dicom_io.volume import Volume, load_series
 
 REPO = Path(__file__).resolve().parents[1]
 GSPS_UID = "1.2.826.0.1.3680043.8.498.1111"
+GSPS_SERIES = "1.2.826.0.1.3680043.8.498.1110"
+GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
 NOTE = "fallback: no SAM2CT checkpoint configured"
 CLASSICAL = AlgorithmSpec("classical", "1.0.0", note=NOTE)
 SHA = "ab" * 32
@@ -83,11 +92,18 @@ def specs() -> list[SegmentSpec]:
 
 
 @pytest.fixture(scope="module")
-def seg_path(tmp_path_factory, lung_volume, gtv, sphere, specs) -> Path:
+def state(lung_volume) -> PresentationStateRef:
+    """A GSPS of LUNG1-001's study (as a viewer would have stored it there)."""
+    return PresentationStateRef(GSPS_CLASS, GSPS_UID, GSPS_SERIES,
+                                lung_volume.study_instance_uid, "FOR_PRESENTATION",
+                                "2008-03-01 10:15")
+
+
+@pytest.fixture(scope="module")
+def seg_path(tmp_path_factory, lung_volume, gtv, sphere, specs, state) -> Path:
     """One SEG with two segments (the GTV and a ball) over LUNG1-001."""
     out = tmp_path_factory.mktemp("seg")
-    return write_seg(lung_volume, [gtv, sphere], specs, CLASSICAL, out,
-                     presentation_state_uid=GSPS_UID)
+    return write_seg(lung_volume, [gtv, sphere], specs, CLASSICAL, out, presentation_state=state)
 
 
 def test_seg_passes_dciodvfy(seg_path: Path) -> None:
@@ -138,11 +154,46 @@ def test_seg_reads_back_voxel_for_voxel_with_dcmqi(seg_path, lung_volume, gtv, s
     assert seen == set(expected)
 
 
+def _dcmqi_rgb(seg: Path, out: Path) -> list[list[int]]:
+    """The display colour dcmqi (so 3D Slicer) gives each segment, from its meta.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run(
+        [_dcmqi("segimage2itkimage"), "--inputDICOM", str(seg), "--outputDirectory", str(out),
+         "--outputType", "nii"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    meta = json.loads((out / "meta.json").read_text())
+    return [item["recommendedDisplayRGBValue"] for group in meta["segmentAttributes"]
+            for item in group]
+
+
+def test_dcmqi_reads_every_display_colour_in_srgb_range(lung_volume, sphere, tmp_path):
+    """Seven segments: the whole palette and its first colour again; dcmqi's own CIELab -> RGB
+    conversion gives each one in 0..255, as highdicom's does, and the colours differ."""
+    shifted = [np.roll(sphere, 30 * k, axis=2) for k in range(7)]
+    specs = [SegmentSpec.for_annotation(GSPS_UID, k, "arrow", f"Lesion {k}") for k in range(7)]
+    path = write_seg(lung_volume, shifted, specs, CLASSICAL, tmp_path / "seg")
+    rgb = _dcmqi_rgb(path, tmp_path / "dcmqi")
+    print("dcmqi RGB per segment:", rgb)
+    assert len(rgb) == 7
+    assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in rgb), rgb
+    assert len({tuple(c) for c in rgb[:6]}) == 6 and rgb[6] == rgb[0]
+    for item, colour in zip(pydicom.dcmread(path).SegmentSequence, rgb, strict=True):
+        lab = hd.color.CIELabColor.from_dicom_value(list(item.RecommendedDisplayCIELabValue))
+        ours = lab.to_rgb()  # raises when out of gamut
+        assert max(abs(a - b) for a, b in zip(ours, colour, strict=True)) <= 2, (ours, colour)
+
+
 def test_seg_content_labels_tracking_algorithm_and_sources(seg_path, lung_volume, specs):
     ds = pydicom.dcmread(seg_path)
     assert seg_path.name == f"{ds.SOPInstanceUID}.dcm"
     assert ds.SegmentationType == "BINARY" and ds.ContentLabel == "LESIONS"
-    assert ds.Modality == "SEG" and ds.SeriesNumber == 300
+    assert ds.Modality == "SEG"
+    assert ds.SeriesNumber == series_number_for(ds.SeriesInstanceUID)
+    assert 10_000 <= ds.SeriesNumber <= 99_999
+    assert ds.SeriesDescription == (f"Lesions #{ds.SeriesNumber} of FOR_PRESENTATION "
+                                    "2008-03-01 10:15 (classical)")
+    assert ds.DeviceSerialNumber == "classical 1.0.0"
+    assert ds.Manufacturer and ds.ManufacturerModelName and ds.SoftwareVersions
     for item, spec in zip(ds.SegmentSequence, specs, strict=True):
         assert item.SegmentLabel == spec.label
         assert item.TrackingID == spec.tracking_id
@@ -154,12 +205,21 @@ def test_seg_content_labels_tracking_algorithm_and_sources(seg_path, lung_volume
         assert algo.AlgorithmName == "classical"
         assert "classical" in algo.AlgorithmVersion
         assert NOTE in algo.AlgorithmParameters
-    assert specs[0].tracking_id == f"{GSPS_UID}#0"
+    assert GSPS_UID not in specs[0].tracking_id
     # Source images: the CT series, every frame referencing the slice at its position.
     source = pydicom.dcmread(lung_volume.slices[0].path, stop_before_pixels=True)
     assert ds.PatientID == source.PatientID and ds.StudyInstanceUID == source.StudyInstanceUID
     assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == lung_volume.series_instance_uid
+    # The GSPS: the source instance it was derived from, listed after the CT series.
+    [gsps] = ds.SourceInstanceSequence
+    assert (gsps.ReferencedSOPClassUID, gsps.ReferencedSOPInstanceUID) == (GSPS_CLASS, GSPS_UID)
+    assert len(ds.ReferencedSeriesSequence) == 2
+    gsps_series = ds.ReferencedSeriesSequence[1]
+    assert gsps_series.SeriesInstanceUID == GSPS_SERIES
+    assert [r.ReferencedSOPInstanceUID for r in gsps_series.ReferencedInstanceSequence] == [
+        GSPS_UID]
+    assert "StudiesContainingOtherReferencedInstancesSequence" not in ds
     # The whole series is referenced, though highdicom was given only the slices the masks span.
     series = {s.sop_instance_uid for s in lung_volume.slices}
     listed = ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence
@@ -176,14 +236,17 @@ def test_seg_content_labels_tracking_algorithm_and_sources(seg_path, lung_volume
         assert lung_volume.slices[k].sop_instance_uid == ref
 
 
-def test_rerun_writes_the_same_uids(seg_path, lung_volume, gtv, sphere, specs, tmp_path):
+def test_rerun_writes_the_same_uids(seg_path, lung_volume, gtv, sphere, specs, state,
+                                   tmp_path):
     again = write_seg(lung_volume, [gtv, sphere], specs, CLASSICAL, tmp_path,
-                      presentation_state_uid=GSPS_UID)
+                      presentation_state=state)
     assert again.name == seg_path.name
     first, second = pydicom.dcmread(seg_path), pydicom.dcmread(again)
     assert first.SeriesInstanceUID == second.SeriesInstanceUID
+    assert (first.SeriesNumber, first.SeriesDescription) == (second.SeriesNumber,
+                                                             second.SeriesDescription)
     other = write_seg(lung_volume, [sphere], specs[1:], AlgorithmSpec("SAM2CT", "0.1", SHA),
-                      tmp_path, presentation_state_uid=GSPS_UID)
+                      tmp_path, presentation_state=state)
     assert other.name != seg_path.name
     assert pydicom.dcmread(other).SeriesInstanceUID != first.SeriesInstanceUID
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([again.name, other.name])
@@ -196,6 +259,7 @@ def test_checkpoint_hash_and_ai_family_in_algorithm(lung_volume, sphere, specs, 
     assert algo.AlgorithmName == "SAM2CT" and SHA[:16] in algo.AlgorithmVersion
     assert SHA in algo.AlgorithmParameters
     assert algo.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"  # Artificial Intelligence
+    assert pydicom.dcmread(path).DeviceSerialNumber == f"SAM2CT sha256:{SHA[:16]}"
 
 
 def test_empty_mask_is_rejected_naming_the_segment(lung_volume, sphere, specs, tmp_path):
@@ -310,10 +374,13 @@ def test_window_choice(lung_volume, gtv):
 
 def test_specs_validate_and_track_deterministically():
     spec = SegmentSpec.for_annotation("1.2.3", 4, "line", "line 10.0 mm")
-    assert spec.tracking_id == "1.2.3#4"
+    assert spec.tracking_id == tracking_id_for("1.2.3", 4) != tracking_id_for("1.2.4", 4)
+    assert annotation_index_of(spec.tracking_id) == 4
     assert len(LONG_UID) == 64
     long_id = tracking_id_for(LONG_UID, 12)
-    assert len(long_id) == 64 and long_id.endswith(LONG_UID[-40:] + "#12")
+    assert len(long_id) <= 64 and LONG_UID[-20:] not in long_id
+    assert annotation_index_of(long_id) == 12
+    assert annotation_index_of("1.2.3#4") is None
     assert spec.tracking_uid == tracking_uid_for("1.2.3", 4) != tracking_uid_for("1.2.3", 5)
     with pytest.raises(ValueError, match="label"):
         SegmentSpec("", "line", "a#1", "1.2.3")
@@ -364,3 +431,75 @@ def test_source_header_lacking_study_uid_is_a_clear_error(lung_volume, tmp_path)
     with pytest.raises(DicomInputError, match="source image headers lack"):
         write_seg(volume, [mask], [spec], CLASSICAL, tmp_path / "out")
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def _annotation(kind: str, points, length=None, short=None, text="", index=0) -> Annotation:
+    return Annotation(GSPS_UID, index, kind, "1.2.3", None, points, length_mm=length,
+                      short_axis_mm=short, text=text)
+
+
+def test_segment_labels_read_as_a_radiologist_would():
+    line = [(1, 1), (9, 9)]
+    assert segment_label(_annotation("line", line, 27.6)) == "Lesion, line 28 mm"
+    assert segment_label(_annotation("line", line, 4.62)) == "Lesion, line 4.6 mm"
+    assert segment_label(_annotation("arrow", line)) == "Lesion, arrow"
+    assert segment_label(_annotation("bidirectional", line * 2, 31.2, 17.4)) == (
+        "Lesion, bidirectional 31 x 17 mm")
+    assert segment_label(_annotation("polygon", [*line, (1, 9)])) == "Lesion, outline"
+    # The GSPS's own text, first line, made a valid LO value (ASCII, no backslash, <= 64).
+    assert segment_label(_annotation("arrow", line, text="\n  RUL nodule \\ new\nmore")) == (
+        "RUL nodule / new")
+    assert segment_label(_annotation("ellipse", line * 2, text="Area: 119.58 cm\u00b2")) == (
+        "Area: 119.58 cm2")
+    assert len(segment_label(_annotation("arrow", line, text="x" * 300))) == 64
+    spec = SegmentSpec.from_annotation(_annotation("line", line, 27.6, index=3))
+    assert spec.label == "Lesion, line 28 mm" and spec.description.startswith(
+        "Lesion, line 28 mm; annotation 3")
+    assert spec.tracking_uid == tracking_uid_for(GSPS_UID, 3)
+
+
+def test_presentation_state_reference_from_a_real_gsps():
+    ds = read_presentation_state(shared("gsps/agfa-impax/GSPS_PS.dcm"))
+    ref = PresentationStateRef.from_dataset(ds)
+    assert ref.referencable
+    assert (ref.sop_instance_uid, ref.series_instance_uid) == (ds.SOPInstanceUID,
+                                                               ds.SeriesInstanceUID)
+    assert ref.label == "DIAGUSER_DEFINED" and ref.created == "2021-10-01 16:14"
+    del ds.SeriesInstanceUID
+    ds.PresentationCreationDate = "not a date"
+    broken = PresentationStateRef.from_dataset(ds)
+    assert not broken.referencable and broken.created == ""
+
+
+def test_gsps_of_another_study_is_referenced_and_read_back(lung_volume, sphere, tmp_path):
+    """A GSPS from another study (Agfa IMPAX, real) as source: listed under Studies Containing
+    Other Referenced Instances; dciodvfy clean; the provenance reads back to its annotation."""
+    ds = read_presentation_state(shared("gsps/agfa-impax/GSPS_PS.dcm"))
+    ref = PresentationStateRef.from_dataset(ds)
+    assert ref.study_instance_uid != lung_volume.study_instance_uid
+    spec = SegmentSpec.for_annotation(ref.sop_instance_uid, 0, "line", "Lesion, line 11 mm")
+    path = write_seg(lung_volume, [sphere], [spec], CLASSICAL, tmp_path, presentation_state=ref)
+    assert dciodvfy_errors(path) == []
+    seg = pydicom.dcmread(path, stop_before_pixels=True)
+    assert len(seg.ReferencedSeriesSequence) == 1
+    [other] = seg.StudiesContainingOtherReferencedInstancesSequence
+    assert other.StudyInstanceUID == ref.study_instance_uid
+    assert other.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0] \
+        .ReferencedSOPInstanceUID == ref.sop_instance_uid
+    [origin] = read_provenance(path)
+    assert (origin.gsps_sop_instance_uid, origin.annotation_index) == (ref.sop_instance_uid, 0)
+    assert read_seg_masks(path, lung_volume)[1].sum() == sphere.sum()
+
+
+def test_provenance_of_a_seg_without_gsps_or_with_forged_tracking_fails(
+        seg_path, lung_volume, sphere, specs, tmp_path):
+    plain = write_seg(lung_volume, [sphere], specs[:1], CLASSICAL, tmp_path / "plain")
+    with pytest.raises(DicomInputError, match="0 presentation states"):
+        read_provenance(plain)
+    forged = pydicom.dcmread(seg_path)
+    forged.SegmentSequence[1].TrackingID = tracking_id_for(GSPS_UID, 4)
+    forged.save_as(tmp_path / "forged.dcm")
+    with pytest.raises(DicomInputError, match="segment 2 - its Tracking ID and UID"):
+        read_provenance(tmp_path / "forged.dcm")
+    with pytest.raises(DicomInputError, match="not a readable DICOM SEG"):
+        read_provenance(lung_volume.slices[0].path)

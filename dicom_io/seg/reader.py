@@ -5,15 +5,21 @@ multi-frame source). A SEG that references no image of the volume, or does not s
 locations are preserved (dcmqi's), but shares its frame of reference is placed by geometry instead
 (its frames must fall on the volume's voxel grid).
 
+:func:`read_provenance` reads which GSPS annotation each segment of one of our SEGs came from.
+
 Example
 -------
 >>> masks = read_seg_masks(Path("seg.dcm"), volume)  # doctest: +SKIP
 >>> sorted(masks), masks[1].shape == volume.array.shape  # doctest: +SKIP
 ([1, 2], True)
+>>> [(o.segment_number, o.annotation_index)
+...  for o in read_provenance(Path("seg.dcm"))]  # doctest: +SKIP
+[(1, 0), (2, 3)]
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -22,6 +28,11 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from dicom_io.errors import DicomInputError
+from dicom_io.seg.content import (
+    PRESENTATION_STATE_CLASS_ROOT,
+    annotation_index_of,
+    tracking_uid_for,
+)
 from dicom_io.volume import Volume
 
 # A SEG frame may sit this far (in voxels) from a voxel centre of the volume and still match.
@@ -167,3 +178,61 @@ def _paste(
             )
         out[index[:, 0], index[:, 1], index[:, 2], k] = True
     return out
+
+
+@dataclass(frozen=True)
+class SegmentOrigin:
+    """The GSPS annotation one segment was segmented from."""
+
+    segment_number: int
+    label: str
+    gsps_sop_class_uid: str
+    gsps_sop_instance_uid: str
+    annotation_index: int
+    tracking_uid: str
+
+
+def read_provenance(path: Path) -> list[SegmentOrigin]:
+    """Which GSPS annotation each segment of our SEG at ``path`` came from, in segment order.
+
+    The GSPS is the SEG's Source Instance Sequence item of a presentation state class; the
+    annotation index is read from the segment's Tracking ID and checked against its Tracking
+    UID, which is derived from the (GSPS, index) pair.
+
+    Raises
+    ------
+    DicomInputError
+        Not a readable DICOM file, no single presentation state among its sources, or a segment
+        whose tracking does not name an annotation of that GSPS.
+    """
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        segments = list(ds.SegmentSequence)
+    except (InvalidDicomError, OSError, AttributeError) as e:
+        raise DicomInputError(f"{path}: not a readable DICOM SEG ({e})") from e
+    states = [item for item in ds.get("SourceInstanceSequence", [])
+              if str(item.get("ReferencedSOPClassUID", "")).startswith(
+                  PRESENTATION_STATE_CLASS_ROOT)]
+    if len(states) != 1:
+        raise DicomInputError(
+            f"{path}: {len(states)} presentation states among its source instances, not one"
+        )
+    state_class = str(states[0].ReferencedSOPClassUID)
+    state_uid = str(states[0].ReferencedSOPInstanceUID)
+    return [_origin(item, state_class, state_uid, path) for item in segments]
+
+
+def _origin(item: pydicom.Dataset, state_class: str, state_uid: str, path: Path
+            ) -> SegmentOrigin:
+    """One segment's origin, its Tracking ID's index checked against its Tracking UID."""
+    number = int(item.SegmentNumber)
+    index = annotation_index_of(str(item.get("TrackingID", "")))
+    tracking_uid = str(item.get("TrackingUID", ""))
+    if index is None or tracking_uid_for(state_uid, index) != tracking_uid:
+        raise DicomInputError(
+            f"{path}: segment {number} - its Tracking ID and UID name no annotation of GSPS "
+            f"{state_uid}"
+        )
+    return SegmentOrigin(number, str(item.get("SegmentLabel", "")), state_class, state_uid,
+                         index, tracking_uid)

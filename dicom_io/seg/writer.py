@@ -2,10 +2,18 @@
 
 Example
 -------
->>> path = write_seg(volume, [mask], [SegmentSpec.for_annotation(gsps_uid, 0, "line",
-...                  "line 23.4 mm")], AlgorithmSpec("classical", "1.0.0"), out_dir)  # doctest: +SKIP
+>>> path = write_seg(volume, [mask], [SegmentSpec.from_annotation(annotation)],
+...                  AlgorithmSpec("classical", "1.0.0"), out_dir,
+...                  presentation_state=PresentationStateRef.from_dataset(gsps))  # doctest: +SKIP
 >>> path.name  # doctest: +SKIP
 '1.2.826.0.1.3680043.8.498.1234.dcm'
+
+Provenance: the GSPS is the SEG's Source Instance Sequence (General Reference Module, "the
+non-image composite SOP instances used to derive this instance") and is listed, like the CT
+images, in the Common Instance Reference Module (Referenced Series Sequence, the CT series first:
+viewers such as OHIF take the first item as the series the SEG overlays; or Studies Containing
+Other Referenced Instances when the GSPS belongs to another study). Each segment's Tracking UID
+and Tracking ID name its annotation (see :mod:`dicom_io.seg.content`).
 """
 
 from __future__ import annotations
@@ -32,21 +40,27 @@ from pydicom.uid import generate_uid
 
 from dicom_io.errors import DicomInputError
 from dicom_io.files import atomic_path
-from dicom_io.seg.content import AlgorithmSpec, SegmentSpec
+from dicom_io.seg.content import (
+    AlgorithmSpec,
+    PresentationStateRef,
+    SegmentSpec,
+    series_description_for,
+    series_number_for,
+)
 from dicom_io.volume import Volume
 
 _DISTRIBUTION = "sam2ct-harvest"
 _MANUFACTURER = "SAM2CT harvest"
 _MODEL_NAME = "sam2ct"
-_DEVICE_SERIAL = "none"
-# Distinct display colours (CIELab L*, a*, b*) cycled over segments: yellow, red, cyan, green, ...
-_COLOURS = (
-    (90.0, -5.0, 85.0),
-    (55.0, 75.0, 55.0),
-    (85.0, -45.0, -15.0),
-    (70.0, -65.0, 60.0),
-    (55.0, 80.0, -60.0),
-    (65.0, 35.0, 70.0),
+# Distinct display colours cycled over segments, in sRGB (each channel 20..240, so a viewer's own
+# CIELab -> RGB conversion stays in range): gold, red, cyan, green, magenta, orange.
+_COLOURS_RGB = (
+    (240, 200, 30),
+    (220, 50, 50),
+    (40, 200, 220),
+    (60, 190, 80),
+    (210, 60, 200),
+    (240, 140, 40),
 )
 # highdicom warns about single-component person names by quoting the name: patient data.
 _NAME_WARNING = ".*unlikely to represent the intended person name.*"
@@ -87,9 +101,9 @@ def write_seg(
     segments: Sequence[SegmentSpec],
     algorithm: AlgorithmSpec,
     out_dir: Path,
-    series_number: int = 300,
+    series_number: int | None = None,
     content_label: str = "LESIONS",
-    presentation_state_uid: str | None = None,
+    presentation_state: PresentationStateRef | None = None,
 ) -> Path:
     """Write the masks as one BINARY DICOM SEG over ``volume``'s source images.
 
@@ -105,8 +119,11 @@ def write_seg(
         The algorithm identification written into every segment.
     out_dir
         Folder for "<SOPInstanceUID>.dcm" (created if needed).
-    presentation_state_uid
-        The GSPS the prompts came from; it anchors the deterministic SEG UIDs.
+    series_number
+        SeriesNumber; by default derived from the SEG's series UID (:func:`series_number_for`).
+    presentation_state
+        The GSPS the prompts came from: it anchors the deterministic SEG UIDs, names the series
+        and is referenced as the SEG's source (when its UIDs are usable).
 
     Raises
     ------
@@ -118,21 +135,27 @@ def write_seg(
     _check_masks(volume, masks, segments)
     headers, frame_index = _source_images(volume)
     sources, pixels = _sources_and_pixels(headers, frame_index, masks)
+    state = presentation_state
     series_uid, sop_uid = seg_uids(
-        presentation_state_uid or volume.series_instance_uid, algorithm, segments
+        state.sop_instance_uid if state else volume.series_instance_uid, algorithm, segments
     )
+    number = series_number if series_number is not None else series_number_for(series_uid)
     identification = algorithm.identification()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_NAME_WARNING, category=UserWarning)
         try:
             seg = _segmentation(sources, pixels, segments, identification, series_uid, sop_uid,
-                                series_number, content_label, algorithm)
+                                number, content_label, algorithm)
         except (AttributeError, KeyError) as e:
             raise DicomInputError(
                 f"series {volume.series_instance_uid} - source image headers lack what a SEG "
                 f"needs: {e}"
             ) from e
-    _reference_series(seg, headers)
+    seg.SeriesDescription = series_description_for(number, algorithm.name, state)
+    source = state if state is not None and state.referencable else None
+    _reference_series(seg, headers, source)
+    if source is not None:
+        seg.SourceInstanceSequence = [_instance_reference(source)]
     return _save(seg, Path(out_dir) / f"{sop_uid}.dcm")
 
 
@@ -163,11 +186,10 @@ def _segmentation(
         manufacturer=_MANUFACTURER,
         manufacturer_model_name=_MODEL_NAME,
         software_versions=software_version(),
-        device_serial_number=_DEVICE_SERIAL,
+        device_serial_number=algorithm.device_serial_number,
         content_label=content_label,
         content_description=f"Lesions segmented by {algorithm.name} from GSPS annotations"[:64],
     )
-    seg.SeriesDescription = f"SAM2CT lesions ({algorithm.name})"[:64]
     return seg
 
 
@@ -257,30 +279,57 @@ def _pixel_array(masks: Sequence[np.ndarray], frame_index: list[int], frames: in
     return out
 
 
-def _reference_series(seg: hd.seg.Segmentation, headers: list[Dataset]) -> None:
-    """Reference every image of the source series, as highdicom does for the images it is given.
+def _reference_series(seg: hd.seg.Segmentation, headers: list[Dataset],
+                      state: PresentationStateRef | None) -> None:
+    """Reference every image of the source series, as highdicom does for the images it is given,
+    and the GSPS ``state`` in the Common Instance Reference.
 
     Source Image Sequence and the Common Instance Reference list the whole series the masks
     were segmented on, not only the slices the frames lie on. Both lists are the same for every
     SEG of a series (one per GSPS): they are encoded once per series and written as raw
     elements, which pydicom copies as they are. Encoding them again per SEG, an item and two
-    UIDs at a time, was half the cost of a SEG on a long series.
+    UIDs at a time, was half the cost of a SEG on a long series. The GSPS's series item is
+    encoded per SEG and appended after the CT series' item.
     """
     images = tuple((str(h.SOPClassUID), str(h.SOPInstanceUID)) for h in headers)
     series_uid = str(headers[0].SeriesInstanceUID)
+    same_study = state is not None and state.study_instance_uid == str(seg.StudyInstanceUID)
+    extra = [_series_reference(state)] if same_study and state else []
+    if state is not None and not same_study:
+        study = Dataset()
+        study.StudyInstanceUID = state.study_instance_uid
+        study.ReferencedSeriesSequence = [_series_reference(state)]
+        seg.StudiesContainingOtherReferencedInstancesSequence = [study]
     syntax = seg.file_meta.TransferSyntaxUID
     if syntax.is_implicit_VR or not syntax.is_little_endian:  # raw bytes are explicit VR LE
         source, series = _references(series_uid, images)
-        seg.SourceImageSequence, seg.ReferencedSeriesSequence = source, series
+        seg.SourceImageSequence, seg.ReferencedSeriesSequence = source, series + extra
         return
     # what pydicom's writer does first, done here before the raw elements go in (it would
     # decode them to look for ambiguous VRs): then mark the dataset as being in the encoding
     # it is written in, so pydicom writes the raw elements as they are
     correct_ambiguous_vr(seg, True)
-    for raw in _encoded_references(series_uid, images):
-        seg[raw.tag] = raw
+    source_raw, series_raw = _encoded_references(series_uid, images)
+    seg[source_raw.tag] = source_raw
+    seg[series_raw.tag] = _with_items(series_raw, extra)
     seg.set_original_encoding(False, True,
                               convert_encodings(seg.get("SpecificCharacterSet") or "ISO_IR 6"))
+
+
+def _instance_reference(state: PresentationStateRef) -> Dataset:
+    """A SOP Instance Reference Macro item naming the GSPS."""
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = state.sop_class_uid
+    ref.ReferencedSOPInstanceUID = state.sop_instance_uid
+    return ref
+
+
+def _series_reference(state: PresentationStateRef) -> Dataset:
+    """The Common Instance Reference's item of the GSPS's series, listing the GSPS."""
+    series = Dataset()
+    series.SeriesInstanceUID = state.series_instance_uid
+    series.ReferencedInstanceSequence = [_instance_reference(state)]
+    return series
 
 
 def _references(series_uid: str, images: tuple[tuple[str, str], ...]) -> tuple[list, list]:
@@ -306,6 +355,14 @@ def _encoded_references(series_uid: str,
             _raw_sequence(Tag("ReferencedSeriesSequence"), series))
 
 
+def _with_items(raw: RawDataElement, items: list[Dataset]) -> RawDataElement:
+    """The raw sequence ``raw`` with ``items`` encoded and appended after its own items."""
+    if not items:
+        return raw
+    value = raw.value + _raw_sequence(raw.tag, items).value
+    return RawDataElement(raw.tag, "SQ", len(value), value, 0, False, True)
+
+
 def _raw_sequence(tag: BaseTag, items: list[Dataset]) -> RawDataElement:
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
@@ -327,7 +384,8 @@ def _description(
         algorithm_identification=identification,
         tracking_uid=spec.tracking_uid,
         tracking_id=spec.tracking_id,
-        display_color=hd.color.CIELabColor(*_COLOURS[(number - 1) % len(_COLOURS)]),
+        display_color=hd.color.CIELabColor.from_rgb(
+            *_COLOURS_RGB[(number - 1) % len(_COLOURS_RGB)]),
     )
     if spec.description:
         item.SegmentDescription = spec.description[:64]
