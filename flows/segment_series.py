@@ -48,7 +48,13 @@ from dicom_io.gsps import (
     locate,
     read_presentation_state,
 )
-from dicom_io.seg import AlgorithmSpec, SegmentSpec, render_preview, write_seg
+from dicom_io.seg import (
+    AlgorithmSpec,
+    PresentationStateRef,
+    SegmentSpec,
+    render_preview,
+    write_seg,
+)
 from dicom_io.volume import Volume, read_series_facts
 from sam2ct.geometry import MaskMeasures, measure_mask
 from sam2ct.prompts import Prompt, PromptKind
@@ -69,6 +75,7 @@ class ParsedGsps:
     path: Path
     sop_instance_uid: str
     annotations: tuple[Annotation, ...]
+    reference: PresentationStateRef | None = None  # what a SEG of it references
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,8 @@ def parse_gsps(path: Path) -> ParsedGsps:
     """Read one presentation state; DicomInputError (naming the file) when it is not one."""
     path = Path(path)
     ds = read_presentation_state(path)
-    return ParsedGsps(path, str(ds.SOPInstanceUID), tuple(annotations_of(ds, path)))
+    return ParsedGsps(path, str(ds.SOPInstanceUID), tuple(annotations_of(ds, path)),
+                      PresentationStateRef.from_dataset(ds))
 
 
 def read_gsps_files(paths: Sequence[Path]) -> tuple[list[ParsedGsps], list[GspsFailure]]:
@@ -328,13 +336,6 @@ def prompt_of(located: LocatedAnnotation) -> tuple[Prompt | None, str | None]:
         return None, str(exc)
 
 
-def segment_label(ann: Annotation) -> str:
-    """Segment label from the annotation: its kind and measured length."""
-    if ann.length_mm:
-        return f"{ann.kind.value} {ann.length_mm:.1f} mm"
-    return ann.kind.value
-
-
 def _segmentation(algorithm: AlgorithmSpec, ann: Annotation, **fields: Any
                   ) -> SegmentationRecord:
     """The catalog's row of one tried annotation, for this algorithm."""
@@ -347,11 +348,9 @@ def _segmentation(algorithm: AlgorithmSpec, ann: Annotation, **fields: Any
 def _write_outputs(run: SeriesRun, kept: list[_Prompted], gsps: ParsedGsps, out_dir: Path,
                    seconds: float) -> list[AnnotationResult]:
     """Write the SEG of one GSPS and a preview PNG per segment; the annotations' results."""
-    segments = [SegmentSpec.for_annotation(gsps.sop_instance_uid, k.located.annotation.index,
-                                           k.located.annotation.kind.value,
-                                           segment_label(k.located.annotation)) for k in kept]
+    segments = [SegmentSpec.from_annotation(k.located.annotation) for k in kept]
     seg_path = write_seg(run.volume, [k.mask for k in kept], segments, run.algorithm, out_dir,
-                         presentation_state_uid=gsps.sop_instance_uid)
+                         presentation_state=gsps.reference)
     results = []
     for number, k in enumerate(kept, start=1):
         png = out_dir / "previews" / f"{seg_path.stem}-{number}.png"
