@@ -20,6 +20,8 @@ import pytest
 from flows.cli import main
 from flows.cli.terminal import shorten, table_text
 
+pytest_plugins = ["flow_fixtures"]
+
 SAM2CT = str(Path(sys.executable).parent / "sam2ct")
 
 
@@ -141,3 +143,108 @@ def test_table_text_fits_the_width_and_wide_shows_all() -> None:
     assert "1.2.826…9999" in text
     wide, none = table_text(frame, wide=True)
     assert none == [] and "column_11" in wide and "1.2.826.0.1.3680043.11.99999999" in wide
+
+
+# -- catalog query: tables, formats, enumerations, dates -----------------------------------
+
+#: Series numbers long enough to make 30-odd-digit UIDs (test_db_catalog.series_results).
+LONG = 123456789012345678901
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A catalog on each backend with two series of long UIDs (line 2+3 mL, arrow 6+7 mL)."""
+    from test_db_catalog import series_results
+
+    from db import Recorder, open_catalog
+
+    url = (f"sqlite:///{tmp_path / 'c.sqlite'}" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    engine = open_catalog(url)
+    recorder = Recorder(engine)
+    recorder.record_series_results(series_results(LONG, kind="line"))
+    recorder.record_series_results(series_results(LONG + 1, kind="arrow",
+                                                  volume=6.0))
+    engine.dispose()
+    return url
+
+
+def test_table_fits_a_narrow_terminal_and_wide_shows_everything(catalog: str, capsys,
+                                                                monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["catalog", "query", "--catalog", catalog]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 1 + 4 and max(map(len, lines)) <= 100
+    assert "segmentation_id" in lines[0] and "study_date" in lines[0] and "kind" in lines[0]
+    assert "left out to fit the terminal" in captured.err and "--wide" in captured.err
+    assert main(["catalog", "query", "--catalog", catalog, "--wide"]) == 0
+    captured = capsys.readouterr()
+    wide = captured.out.splitlines()
+    assert max(map(len, wide)) > 200 and "series_path" in wide[0]
+    assert f"1.2.826.0.1.{LONG}.1" in captured.out  # whole UIDs
+    assert "left out" not in captured.err
+
+
+def test_a_table_shortens_uids_and_paths(catalog: str, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["catalog", "query", "--catalog", catalog]) == 0
+    out = capsys.readouterr().out
+    assert "1.2.826…01.1" in out and f"1.2.826.0.1.{LONG}" not in out
+    assert "…" in out and "seg_path" in out
+
+
+@pytest.mark.parametrize("kind", ["line", "LINE", "Line"])
+def test_kind_in_any_case(catalog: str, kind: str, capsys) -> None:
+    assert main(["catalog", "query", "--catalog", catalog, "--kind", kind, "--format",
+                 "csv"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    assert len(rows) == 2 and all(",line," in row for row in rows)
+
+
+def test_bad_enumerations_list_the_valid_values(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'never.sqlite'}"
+    assert main(["catalog", "query", "--catalog", url, "--kind", "lin"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'lin' is not one of: line, bidirectional, arrow" in err
+    assert main(["catalog", "stats", "--catalog", url, "--status", "OK", "--format",
+                 "XML"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'XML' is not one of: table, csv, json, parquet" in err
+    assert main(["export", "--catalog", url, "--out", str(tmp_path / "x"), "--format",
+                 "nifti", "--status", "needs_review"]) == 2
+    assert "is not one of: ok, failed, needs-review" in capsys.readouterr().err
+    assert not (tmp_path / "never.sqlite").exists()
+
+
+@pytest.mark.parametrize("flag", ["--since", "--until"])
+def test_a_bad_date_is_one_line(flag: str, tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'never.sqlite'}"
+    assert main(["catalog", "query", "--catalog", url, flag, "2026-13-45"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{flag}: 2026-13-45 is not a date (YYYY-MM-DD)" in err and "fromisoformat" not in err
+
+
+def test_parquet_is_refused_on_a_terminal_and_written_to_a_file_or_pipe(tmp_path: Path) -> None:
+    import io
+
+    import pandas as pd
+    from test_db_catalog import series_results
+
+    from db import Recorder, open_catalog
+
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    engine = open_catalog(url)
+    Recorder(engine).record_series_results(series_results(1))
+    engine.dispose()
+    code, shown = on_terminal(["catalog", "query", "--catalog", url, "--format", "PARQUET"])
+    assert code == 2 and shown.strip().count("\n") == 0, shown
+    assert "parquet is binary and stdout is a terminal: give --out FILE" in shown
+    assert "PAR1" not in shown
+    out = tmp_path / "rows.parquet"
+    assert main(["catalog", "query", "--catalog", url, "--format", "parquet", "--out",
+                 str(out)]) == 0
+    assert len(pd.read_parquet(out)) == 2
+    done = piped(["catalog", "query", "--catalog", url, "--format", "parquet"])
+    assert done.returncode == 0 and len(pd.read_parquet(io.BytesIO(done.stdout))) == 2

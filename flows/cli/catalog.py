@@ -6,15 +6,31 @@ import argparse
 import io
 import json
 import sys
-from datetime import date
 from pathlib import Path
 
 from dicom_io.files import write_atomic, write_text_atomic
-from dicom_io.printable import printable
+from dicom_io.gsps.annotation import AnnotationKind
 from flows.cli.bounds import bounded_float, bounded_int
 from flows.cli.db import add_catalog_argument, catalog_url
+from flows.cli.terminal import (
+    add_wide_argument,
+    iso_date,
+    one_of,
+    print_table,
+    refuse_binary_on_terminal,
+    table_text,
+)
 
+#: Output formats; parquet is binary: to a file (``--out``) or a redirected stdout only.
 FORMATS = ("table", "csv", "json", "parquet")
+#: Annotation kinds that are segmented (text is never a prompt).
+KINDS = tuple(k.value for k in AnnotationKind if k is not AnnotationKind.TEXT)
+#: Segmentation statuses a row can have (db.records.SegStatus but ``skipped``: never a row).
+STATUSES = ("ok", "failed", "needs-review")
+#: The columns of ``catalog query`` a person reads first: they lead a terminal table.
+QUERY_FIRST = ("segmentation_id", "study_date", "kind", "status", "volume_ml", "long_axis_mm",
+               "short_axis_mm", "model_name", "study_instance_uid", "series_instance_uid",
+               "seg_path")
 #: Rows a terminal table shows unless ``--limit`` or ``--all`` says otherwise (a catalog may hold
 #: millions; files written as csv/json/parquet get every row).
 TABLE_PAGE = 50
@@ -26,15 +42,18 @@ MAX_ML = 10**6
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     """The query filters shared by ``catalog query``, ``catalog stats`` and ``export``."""
     g = parser.add_argument_group("filters")
-    g.add_argument("--kind", help="annotation kind: line, arrow, bidirectional, ellipse, ...")
+    g.add_argument("--kind", **one_of(KINDS), metavar="KIND",
+                   help=f"annotation kind, any case: {', '.join(KINDS)}")
     g.add_argument("--min-volume", type=bounded_float(0, MAX_ML),
                    metavar="ML", help="smallest volume in mL")
     g.add_argument("--max-volume", type=bounded_float(0, MAX_ML),
                    metavar="ML", help="largest volume in mL")
-    g.add_argument("--since", type=date.fromisoformat, metavar="DATE", help="study date from")
-    g.add_argument("--until", type=date.fromisoformat, metavar="DATE", help="study date until")
+    g.add_argument("--since", type=iso_date, metavar="DATE", help="study date from (YYYY-MM-DD)")
+    g.add_argument("--until", type=iso_date, metavar="DATE",
+                   help="study date until (YYYY-MM-DD)")
     g.add_argument("--model", metavar="NAME", help="model name")
-    g.add_argument("--status", choices=("ok", "failed", "needs-review"), help="status")
+    g.add_argument("--status", **one_of(STATUSES), metavar="STATUS",
+                   help=f"status, any case: {', '.join(STATUSES)}")
     g.add_argument("--body-part", metavar="P", help="BodyPartExamined, e.g. CHEST")
     g.add_argument("--study", metavar="UID", help="one StudyInstanceUID")
     add_catalog_argument(parser)
@@ -69,14 +88,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    parser.add_argument("--format", **one_of(FORMATS), default="table",
+                        help="output format (default: table, fitted to the terminal; parquet "
+                             "only to a file)")
     parser.add_argument("--out", type=Path, help="write to this file instead of stdout")
+    add_wide_argument(parser)
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Before any work: a binary format is not written to a terminal."""
+    if args.format == "parquet" and args.out is None:
+        refuse_binary_on_terminal(args.format)
 
 
 def run_query(args: argparse.Namespace) -> int:
     """Print the matching segmentations in the chosen format."""
     from db import open_catalog, query_frame
 
+    _check_output(args)
     limit = _row_limit(args)
     engine = open_catalog(catalog_url(args))
     try:
@@ -87,7 +116,7 @@ def run_query(args: argparse.Namespace) -> int:
         frame = frame.iloc[:limit]
         if args.limit is None:
             print(f"first {limit} rows shown; --limit N or --all for more", file=sys.stderr)
-    _emit(frame, args.format, args.out)
+    _emit(frame, args.format, args.out, wide=args.wide, first=QUERY_FIRST)
     return 0
 
 
@@ -103,6 +132,7 @@ def run_stats(args: argparse.Namespace) -> int:
     from db import open_catalog, stats
     from db.queries import failures_by_stage, table_counts
 
+    _check_output(args)
     engine = open_catalog(catalog_url(args))
     try:
         frame = stats(engine, filter_from_args(args))
@@ -114,7 +144,7 @@ def run_stats(args: argparse.Namespace) -> int:
                     "open_failures_by_stage": failures}
         _write_text(json.dumps(document, indent=2) + "\n", args.out)
         return 0
-    _emit(frame, args.format, args.out)
+    _emit(frame, args.format, args.out, wide=args.wide)
     if args.format == "table":
         print("tables: " + ", ".join(f"{k}={v}" for k, v in counts.items()), file=sys.stderr)
         print("open failures: " + (", ".join(f"{k}={v}" for k, v in failures.items()) or "none"),
@@ -122,8 +152,10 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _emit(frame, fmt: str, out: Path | None) -> None:
-    """Write a DataFrame as table, CSV, JSON (one document) or Parquet."""
+def _emit(frame, fmt: str, out: Path | None, *, wide: bool = False,
+          first: tuple[str, ...] = ()) -> None:
+    """Write a DataFrame as table, CSV, JSON (one document) or Parquet. A table on stdout is
+    fitted to the terminal unless ``wide``; in a file it is whole."""
     if fmt == "parquet":
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
@@ -136,15 +168,12 @@ def _emit(frame, fmt: str, out: Path | None) -> None:
         text = frame.to_csv(index=False)
     elif fmt == "json":
         text = frame.to_json(orient="records", date_format="iso", indent=2) + "\n"
+    elif out is None:
+        print_table(frame, wide=wide, first=first)
+        return
     else:
-        text = (_printable_cells(frame).to_string(index=False) if len(frame) else "(no rows)")
-        text += "\n"
+        text = table_text(frame, wide=True)[0] + "\n"
     _write_text(text, out)
-
-
-def _printable_cells(frame):
-    """The frame with its text cells escaped (``printable``) for a terminal table."""
-    return frame.map(lambda value: printable(value) if isinstance(value, str) else value)
 
 
 def _write_text(text: str, out: Path | None) -> None:
