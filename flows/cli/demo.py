@@ -16,6 +16,14 @@ from pathlib import Path
 from dicom_io.files import write_text_atomic
 from dicom_io.printable import printable
 from flows.cli.bounds import SEED_MAX, bounded_int
+from flows.cli.terminal import (
+    add_progress_argument,
+    follow_flow,
+    one_of,
+    progress,
+    shows_progress,
+    step,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=bounded_int(64, 1024),
                    default=512, help="pixels per CT row (64..1024)")
     p.add_argument("--model", default="auto", help="auto | classical | PATH.pt")
-    p.add_argument("--pacs", choices=["auto", "orthanc", "pynetdicom-qrscp"], default="auto",
+    p.add_argument("--pacs", **one_of(["auto", "orthanc", "pynetdicom-qrscp"]), default="auto",
                    help="embedded PACS (auto: Orthanc when installed)")
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 
@@ -43,16 +52,18 @@ def _local_prefect(workdir: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
-def _studies(workdir: Path, args: argparse.Namespace) -> tuple[Path, dict]:
+def _studies(workdir: Path, args: argparse.Namespace, show: bool) -> tuple[Path, dict]:
     from dicom_io.synth import make_studies
 
     manifest_path = workdir / "studies" / "manifest.json"
     if not manifest_path.exists():
-        make_studies(manifest_path.parent, studies=args.studies, seed=args.seed, size=args.size)
+        with step(f"synthetic studies ({args.studies})", show):
+            make_studies(manifest_path.parent, studies=args.studies, seed=args.seed,
+                         size=args.size)
     return manifest_path.parent, json.loads(manifest_path.read_text())
 
 
-def _load(pacs, root: Path, manifest: dict, local) -> None:
+def _load(pacs, root: Path, manifest: dict, local, show: bool) -> None:
     """C-STORE the studies into the embedded PACS once (a marker file remembers it)."""
     from dicom_io.pacs import PacsSettings, store_files
     from flows.cli import CommandError
@@ -62,7 +73,9 @@ def _load(pacs, root: Path, manifest: dict, local) -> None:
         return
     files = sorted(root.glob("study-*/ct/*.dcm")) + [root / g["file"] for s in manifest["studies"]
                                                      for g in s["gsps"]]
-    report = store_files(PacsSettings.parse(pacs.address), local, files)
+    with progress("loading the embedded PACS", total=len(files), unit="file", show=show) as bar:
+        report = store_files(PacsSettings.parse(pacs.address), local, files,
+                             on_progress=lambda path: bar.update())
     if not report.ok:
         raise CommandError(f"embedded PACS refused {len(report.failed)} of {len(files)} files")
     write_text_atomic(marker, json.dumps({"files": len(files)}))
@@ -79,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from flows.options import HarvestOptions
 
     quiet_libraries()
-    root, manifest = _studies(workdir, args)
+    show = shows_progress(args)
+    root, manifest = _studies(workdir, args, show)
     dates = sorted(s["study_date"] for s in manifest["studies"])
     opts = HarvestOptions(pacs="DEMOPACS@127.0.0.1:104", ae_title="SAM2CT",
                           store_port=free_port(),
@@ -89,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
     kind = None if args.pacs == "auto" else PacsKind(args.pacs)
     with start_embedded_pacs(workdir / "pacs", opts.ae_title, opts.store_port, kind) as pacs:
         opts = opts.model_copy(update={"pacs": pacs.address})
-        _load(pacs, root, manifest, opts.local_ae())
-        summary = _harvest(opts, dates)
+        _load(pacs, root, manifest, opts.local_ae(), show)
+        with follow_flow("harvest", show):
+            summary = _harvest(opts, dates)
     engine = open_catalog(opts.catalog)
     report = _report(workdir, engine, summary)
     _print(workdir, pacs, summary, engine, report)

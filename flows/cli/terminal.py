@@ -302,7 +302,8 @@ def follow_flow(desc: str, show: bool | None = None) -> Iterator[None]:
     """A percent bar moved by the progress a flow running in this process reports (the
     ``Progress`` artifact of ``flows.artifacts`` also logs it at DEBUG on ``PROGRESS_LOGGER``);
     a flow run elsewhere moves nothing."""
-    with progress(desc, total=100, unit="%", show=show, bar_format=PERCENT_BAR) as bar:
+    with progress(f"{desc}: starting", total=100, unit="%", show=show,
+                  bar_format=PERCENT_BAR) as bar:
         if bar.disable:
             yield
             return
