@@ -37,6 +37,8 @@ PRESENTATION_STATE_CLASS_ROOT = "1.2.840.10008.5.1.4.1.1.11."
 _SERIES_NUMBER_BASE = 10_000
 _SERIES_NUMBER_SPAN = 90_000
 _TRACKING_ID = re.compile(r"GSPS [0-9a-f]{8} annotation (\d+)")
+#: Units a viewer's measurement readout ("18.1 mm", "A=196px") may hold besides numbers.
+_UNITS = re.compile(r"mm|cm|px|ml|hu", re.IGNORECASE)
 #: How an annotation kind is named in a segment label.
 _KIND_NAMES = {AnnotationKind.POLYGON: "outline"}
 
@@ -101,9 +103,13 @@ def measure_text(annotation: Annotation) -> str:
 
 
 def segment_label(annotation: Annotation) -> str:
-    """The label a radiologist reads: the annotation's own text if it has any (first line),
-    else "Lesion, <what was drawn and its size>" ("Lesion, line 28 mm")."""
-    return readable_text(annotation.text) or f"Lesion, {measure_text(annotation)}"
+    """The label a radiologist reads: the annotation's own text (first line) if it has words,
+    else "Lesion, <what was drawn and its size>" ("Lesion, line 28 mm"): a bare readout
+    such as "18.1 mm" says less than that."""
+    text = readable_text(annotation.text)
+    if any(c.isalpha() for c in _UNITS.sub("", text)):
+        return text
+    return f"Lesion, {measure_text(annotation)}"
 
 
 @dataclass(frozen=True)
