@@ -1,15 +1,17 @@
-"""What a harvest run shows: a summary table, a Markdown page with previews, a progress bar,
-and (for the demo) an HTML report. Only counts, UIDs of objects and images: never a patient's
-name, ID or birth date.
+"""What a harvest run shows: a summary table, a Markdown page, a progress bar, and (for the demo)
+an HTML report. Both pages group the run's segmentations by study and lesion, with a legend, each
+one's prompt kind and encoding, measures, quality flags, latest score, and links to its SEG file
+and its review page; they are rendered from Jinja2 templates (``flows/templates``). Only counts,
+UIDs of objects and images: never a patient's name, ID or birth date.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from uuid import UUID
@@ -20,11 +22,22 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from sqlalchemy import Engine
 
+from db.reviews import QueueFilter, review_queue
 from dicom_io.files import write_text_atomic
+from dicom_io.printable import printable
+from dicom_io.seg.preview import MASK_COLOUR, PROMPT_COLOUR
+from flows.review import DEFAULT_PORT, page_url, review_url
+from flows.review.cases import Case, case_of, group_studies, uid_tail
+from flows.templates import render
 
 #: Previews embedded in the Markdown artifact (each a small PNG as a data URI).
 MAX_PREVIEWS = 12
+#: Segmentations listed in the Markdown artifact at most (flagged first); the rest are counted.
+MAX_MARKDOWN_CASES = 200
+#: SEG paths per catalog query when a report selects its run's segmentations.
+_PATHS_PER_QUERY = 500
 #: ``Progress`` also logs here at DEBUG (``extra`` ``percent``): the command line draws its bar
 #: from these records when the flow runs in its process.
 PROGRESS_LOGGER = "flows.progress"
@@ -97,26 +110,69 @@ def _data_uri(png: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
-def markdown_page(summary: RunSummary) -> str:
-    """The run's Markdown page: the table and up to ``MAX_PREVIEWS`` preview images."""
-    lines = [f"# Harvest {summary.window_start} .. {summary.window_end} ({summary.pacs})", "",
-             "| stage | count |", "| --- | ---: |"]
-    lines += [f"| {r['stage']} | {r['count']} |" for r in summary.table()]
-    if summary.warning:
-        lines += ["", f"> **Warning:** {summary.warning}"]
-    shown = [Path(p) for p in summary.previews if Path(p).is_file()][:MAX_PREVIEWS]
-    if shown:
-        lines += ["", "## Segmentations", ""]
-        lines += [f"![{p.stem}]({_data_uri(p)})" for p in shown]
-    return "\n".join(lines) + "\n"
+def report_cases(engine: Engine, seg_paths: Sequence[str] | None = None) -> list[Case]:
+    """The segmentations a report shows: every one in the catalog, or those of these SEG files
+    (a run's), flagged first."""
+    if seg_paths is None:
+        items = review_queue(engine)
+    else:
+        paths = sorted(set(seg_paths))
+        items = [item for start in range(0, len(paths), _PATHS_PER_QUERY)
+                 for item in review_queue(engine, QueueFilter(
+                     seg_paths=tuple(paths[start:start + _PATHS_PER_QUERY])))]
+    return [case_of(item) for item in items]
 
 
-def publish_summary(summary: RunSummary, key: str = "harvest-summary") -> None:
-    """Create the table and Markdown artifacts of the current flow run."""
+def _colours() -> dict[str, str]:
+    return {name: "#" + "".join(f"{v:02x}" for v in rgb)
+            for name, rgb in (("mask_colour", MASK_COLOUR), ("prompt_colour", PROMPT_COLOUR))}
+
+
+def _context(summary: RunSummary, cases: Sequence[Case], title: str,
+             review_command: str | None) -> dict:
+    """What both report templates show."""
+    return {"title": title, "summary": summary, "rows": summary.table(),
+            "studies": group_studies(cases), "cases": cases,
+            "flagged": sum(1 for c in cases if c.flags),
+            "scored": sum(1 for c in cases if c.item.score),
+            "review_url": review_url, "review_page": page_url(port=DEFAULT_PORT),
+            "review_command": review_command or "sam2ct review", "uid_tail": uid_tail,
+            **_colours()}
+
+
+def markdown_page(summary: RunSummary, cases: Sequence[Case] = (),
+                  review_command: str | None = None) -> str:
+    """The run's Markdown page: the counts, a legend, and the segmentations grouped by study
+    and lesion (at most ``MAX_MARKDOWN_CASES``; previews of the first ``MAX_PREVIEWS``). Without
+    ``cases``, the previews of ``summary`` only."""
+    shown = list(cases)[:MAX_MARKDOWN_CASES]
+    previews = {c.id: _data_uri(Path(c.item.preview_path)) for c in shown
+                if c.item.preview_path and Path(c.item.preview_path).is_file()}
+    previews = dict(list(previews.items())[:MAX_PREVIEWS])
+    gallery = [] if cases else [(Path(p).stem, _data_uri(Path(p))) for p in summary.previews
+                                if Path(p).is_file()][:MAX_PREVIEWS]
+    context = _context(summary, shown, f"Harvest {summary.window_start} .. "
+                       f"{summary.window_end} ({summary.pacs})", review_command)
+    return render("report.md.j2", **context, previews=previews, gallery=gallery,
+                  left_out=len(cases) - len(shown))
+
+
+def publish_summary(summary: RunSummary, key: str = "harvest-summary",
+                    engine: Engine | None = None) -> None:
+    """Create the table and Markdown artifacts of the current flow run; with the catalog's
+    ``engine``, the Markdown lists this run's segmentations (its SEG files'). A catalog that
+    cannot be read then costs the page its list, never the run."""
+    cases: Sequence[Case] = ()
+    if engine is not None:
+        try:
+            cases = report_cases(engine, summary.seg_paths)
+        except Exception as exc:  # noqa: BLE001 - the report is the run's last word, not its end
+            logging.getLogger(__name__).warning("run report without its segmentations: %s",
+                                                printable(exc, 300))
     create_table_artifact(summary.table(), key=key,
                           description=f"Harvest {summary.window_start}..{summary.window_end}")
-    create_markdown_artifact(markdown_page(summary), key=f"{key}-report",
-                             description="Summary and previews of the segmentations")
+    create_markdown_artifact(markdown_page(summary, cases), key=f"{key}-report",
+                             description="Summary and segmentations by study and lesion")
 
 
 class Progress:
@@ -132,20 +188,20 @@ class Progress:
         logging.getLogger(PROGRESS_LOGGER).debug(description or "", extra={"percent": percent})
 
 
-def write_html_report(path: Path, summary: RunSummary, title: str = "SAM2CT harvest") -> Path:
-    """A self-contained HTML report (previews linked relative to ``path``), written atomically."""
+def write_html_report(path: Path, summary: RunSummary, title: str = "SAM2CT harvest",
+                      cases: Sequence[Case] = (), review_command: str | None = None) -> Path:
+    """A self-contained HTML report, written atomically: counts, legend, and ``cases`` grouped
+    by study and lesion (previews and SEG files linked relative to ``path``). Without
+    ``cases``, the previews of ``summary`` only."""
     path = Path(path)
-    rows = "".join(f"<tr><td>{html.escape(str(r['stage']))}</td><td>{r['count']}</td></tr>"
-                   for r in summary.table())
-    figures = []
-    for p in (Path(x) for x in summary.previews):
-        src = os.path.relpath(p, path.parent) if p.is_absolute() else str(p)
-        figures.append(f'<figure><img src="{html.escape(src)}" width="256">'
-                       f"<figcaption>{html.escape(p.stem)}</figcaption></figure>")
-    warning = f"<p><b>Warning:</b> {html.escape(summary.warning)}</p>" if summary.warning else ""
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            "</title><style>figure{display:inline-block;margin:6px}td{padding:2px 8px}</style>"
-            f"</head><body><h1>{html.escape(title)}</h1><p>window {summary.window_start} .. "
-            f"{summary.window_end}, PACS {html.escape(summary.pacs)}</p>{warning}"
-            f"<table>{rows}</table><h2>Segmentations</h2>{''.join(figures)}</body></html>\n")
+
+    def link(target: str | None) -> str:
+        if not target:
+            return ""
+        p = Path(target)
+        return os.path.relpath(p, path.parent) if p.is_absolute() else str(p)
+
+    gallery = [] if cases else [(Path(p).stem, link(p)) for p in summary.previews]
+    page = render("report.html.j2", **_context(summary, cases, title, review_command),
+                  link=link, gallery=gallery)
     return write_text_atomic(path, page)
