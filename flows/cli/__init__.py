@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 # and sets ``func`` (args -> exit code) as a default.
 _COMMANDS = (
     "synth", "gsps", "segment", "evaluate", "model", "train", "pacs",
-    "harvest", "reconcile", "catalog", "export", "db", "demo", "completion",
+    "harvest", "reconcile", "catalog", "review", "export", "db", "demo", "completion",
 )
 
 #: What ``sam2ct --help`` says first, for the people who use it.
