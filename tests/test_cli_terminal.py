@@ -248,3 +248,22 @@ def test_parquet_is_refused_on_a_terminal_and_written_to_a_file_or_pipe(tmp_path
     assert len(pd.read_parquet(out)) == 2
     done = piped(["catalog", "query", "--catalog", url, "--format", "parquet"])
     assert done.returncode == 0 and len(pd.read_parquet(io.BytesIO(done.stdout))) == 2
+
+
+# -- progress -------------------------------------------------------------------------------
+
+def test_a_flows_progress_moves_the_bar_and_is_no_log_line(capsys) -> None:
+    import logging
+
+    from flows.artifacts import PROGRESS_LOGGER
+    from flows.cli.terminal import follow_flow
+
+    with follow_flow("harvest", show=True):
+        logging.getLogger(PROGRESS_LOGGER).debug("3 GSPS found, 2 to do", extra={"percent": 10.0})
+        logging.getLogger(PROGRESS_LOGGER).debug("done", extra={"percent": 100.0})
+    err = capsys.readouterr().err
+    assert "harvest: starting   0%" in err and "harvest: done 100%" in err
+    assert "DEBUG" not in err
+    with follow_flow("harvest", show=False):
+        logging.getLogger(PROGRESS_LOGGER).debug("3 GSPS found", extra={"percent": 10.0})
+    assert capsys.readouterr().err == ""

@@ -28,8 +28,8 @@ KINDS = tuple(k.value for k in AnnotationKind if k is not AnnotationKind.TEXT)
 #: Segmentation statuses a row can have (db.records.SegStatus but ``skipped``: never a row).
 STATUSES = ("ok", "failed", "needs-review")
 #: The columns of ``catalog query`` a person reads first: they lead a terminal table.
-QUERY_FIRST = ("segmentation_id", "study_date", "kind", "status", "volume_ml", "long_axis_mm",
-               "short_axis_mm", "model_name", "study_instance_uid", "series_instance_uid",
+QUERY_FIRST = ("segmentation_id", "study_date", "kind", "status", "model_name", "volume_ml",
+               "long_axis_mm", "short_axis_mm", "study_instance_uid", "series_instance_uid",
                "seg_path")
 #: Rows a terminal table shows unless ``--limit`` or ``--all`` says otherwise (a catalog may hold
 #: millions; files written as csv/json/parquet get every row).

@@ -6,7 +6,6 @@ Without PREFECT_API_URL the flows run on Prefect's local mode (a temporary local
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from dicom_io.printable import printable
 from flows.cli.bounds import bounded_int
+from flows.cli.terminal import add_progress_argument, follow_flow, iso_date, shows_progress
 
 #: Libraries that log every request or identifier at INFO: kept at WARNING unless --verbose.
 NOISY = ("pynetdicom", "httpx", "prefect", "alembic")
@@ -34,19 +34,16 @@ def quiet_local_server() -> None:
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a date (YYYY-MM-DD)") from e
 
 
 def add_harvest_flags(p: argparse.ArgumentParser) -> None:
     """``--from``/``--to`` and one flag per ``CLI_FLAGS`` option (harvest, backfill, reconcile)."""
     from flows.options import CLI_FLAGS, HarvestOptions
 
-    p.add_argument("--from", dest="start", required=True, type=_date, help="first study date")
-    p.add_argument("--to", dest="end", required=True, type=_date, help="last study date")
+    p.add_argument("--from", dest="start", required=True, type=iso_date,
+                   help="first study date (YYYY-MM-DD)")
+    p.add_argument("--to", dest="end", required=True, type=iso_date,
+                   help="last study date (YYYY-MM-DD)")
     for name, flag in CLI_FLAGS.items():
         field = HarvestOptions.model_fields[name]
         kind = field.annotation
@@ -92,9 +89,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``harvest`` and ``backfill`` sub-commands."""
     p = sub.add_parser("harvest", help="harvest one window of study dates now")
     add_harvest_flags(p)
+    add_progress_argument(p)
     p.set_defaults(func=run_harvest)
     b = sub.add_parser("backfill", help="harvest a long range window by window, resumable")
     add_harvest_flags(b)
+    add_progress_argument(b)
     b.add_argument("--chunk-days", type=bounded_int(1, 3660),
                    default=7, help="days per window (default 7)")
     b.set_defaults(func=run_backfill)
@@ -151,7 +150,9 @@ def run_harvest(args: argparse.Namespace) -> int:
     from flows.harvest import nightly_harvest
 
     quiet_libraries()
-    return _print([nightly_harvest(args.start, args.end, opts)], args.json)
+    with follow_flow("harvest", shows_progress(args)):
+        summary = nightly_harvest(args.start, args.end, opts)
+    return _print([summary], args.json)
 
 
 def run_backfill(args: argparse.Namespace) -> int:
@@ -161,7 +162,8 @@ def run_backfill(args: argparse.Namespace) -> int:
     from flows.harvest import backfill
 
     quiet_libraries()
-    summaries = backfill(args.start, args.end, args.chunk_days, opts)
+    with follow_flow("backfill", shows_progress(args)):
+        summaries = backfill(args.start, args.end, args.chunk_days, opts)
     if not summaries:
         print("every window already harvested")
         return 0

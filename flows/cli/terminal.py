@@ -293,8 +293,9 @@ class _FlowBar(logging.Handler):
         percent = getattr(record, "percent", None)
         if percent is None:
             return
+        self.bar.set_description_str(f"{self.desc}: {printable(record.getMessage(), 60)}",
+                                     refresh=False)
         self.bar.update(round(percent) - self.bar.n)
-        self.bar.set_description_str(f"{self.desc}: {printable(record.getMessage(), 60)}")
 
 
 @contextmanager
