@@ -1,4 +1,5 @@
-"""De-identified DICOM export of a real CT (LUNG1-001) and its SEG, and the PS3.15 profile."""
+"""De-identified DICOM export of a real CT (LUNG1-001) and its SEG (the profile itself:
+tests/test_deid_profile.py; planted values: tests/test_deid_leak.py)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,15 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import dciodvfy_errors
-from pydicom.dataset import Dataset, FileMetaDataset
 from test_export import catalogue_series
 
 from db import Recorder, open_catalog
-from dicom_io.deid import (
-    BASIC_PROFILE,
-    Action,
-    Deidentifier,
-    UidMapper,
-    profile_by_tag,
-    resolve,
-)
 from dicom_io.seg import read_seg_masks
 from dicom_io.volume import load_series
 from flows.cli import main
 
 BIRTH_DATE = "19470304"  # added to the copied CT: LUNG1's own birth date is empty
+GSPS_UID = "1.2.826.0.1.3680043.9.1"  # the SEG's segment comes from this presentation state
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +41,12 @@ def lung1_catalog(lung1_001: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     mask = (z - 20) ** 2 * 9 + (y - 260) ** 2 + (x - 300) ** 2 <= 15**2
     url = f"sqlite:///{root / 'catalog.sqlite'}"
     engine = open_catalog(url)
-    seg_path = catalogue_series(Recorder(engine), volume, [mask], ["1.2.826.0.1.3680043.9.1"],
+    seg_path = catalogue_series(Recorder(engine), volume, [mask], [GSPS_UID],
                                 root / "segs", ct_dir)
     engine.dispose()
     first = pydicom.dcmread(volume.slices[0].path, stop_before_pixels=True)
     seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
-    secrets = {str(first.PatientName), str(first.PatientID), BIRTH_DATE,
+    secrets = {str(first.PatientName), str(first.PatientID), BIRTH_DATE, GSPS_UID,
                volume.study_instance_uid, volume.series_instance_uid,
                str(first.FrameOfReferenceUID), str(seg.SOPInstanceUID),
                str(seg.SeriesInstanceUID), *(s.sop_instance_uid for s in volume.slices)}
@@ -69,7 +62,7 @@ def test_deidentified_dicom_export_hides_identity_and_keeps_references(
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["written"] == 1 and summary["failed"] == []
-    exported = [p for p in out.rglob("*") if p.is_file() and ".export-state" not in p.parts]
+    exported = [p for p in out.rglob("*") if p.is_file()]
     ct_files = sorted(out.glob("case_*/CT/*.dcm"))
     seg_files = sorted(out.glob("case_*/SEG/*.dcm"))
     assert len(ct_files) == 40 and len(seg_files) == 1
@@ -80,8 +73,8 @@ def test_deidentified_dicom_export_hides_identity_and_keeps_references(
     seg = pydicom.dcmread(seg_files[0])
     assert seg.PatientIdentityRemoved == "YES"
     assert seg.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
-    assert dciodvfy_errors(seg_files[0]) == []
-    assert dciodvfy_errors(ct_files[0]) == []  # the source's private-tag errors went too
+    for path in seg_files + ct_files:  # the source's private-tag errors went too
+        assert dciodvfy_errors(path) == [], path.name
     volume = load_series(out / ct_files[0].parent.relative_to(out))
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.series_instance_uid
     masks = read_seg_masks(seg_files[0], volume)  # placed through the remapped references
@@ -98,37 +91,3 @@ def test_identified_dicom_export_copies_files(lung1_catalog: dict, tmp_path: Pat
     assert report.written == 1
     seg_copy = next(tmp_path.glob("case_*/SEG/*.dcm"))
     assert seg_copy.read_bytes() == lung1_catalog["seg"].read_bytes()
-
-
-def _dataset() -> Dataset:
-    ds = Dataset()
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "DOE^JANE", "MRN123", "19600101"
-    ds.StudyInstanceUID, ds.SOPInstanceUID = "1.2.3.4", "1.2.3.4.5"
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.InstitutionName, ds.StudyDescription, ds.ContentDate = "General", "chest CT", "20250102"
-    ds.add_new(0x00291010, "LO", "private secret")
-    ds.add_new(0x60003000, "OB", b"\x00\x01")
-    ref = Dataset()
-    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, "1.2.3.4.6"
-    ds.SourceImageSequence = [ref]
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    return ds
-
-
-def test_basic_profile_actions() -> None:
-    assert len(profile_by_tag()) == len(BASIC_PROFILE)  # every keyword is a DICOM attribute
-    assert resolve("X/Z/D") is Action.DUMMY and resolve("X") is Action.REMOVE
-    with pytest.raises(ValueError, match="Invalid profile action code"):
-        resolve("Q")
-    mapper = UidMapper(b"k")
-    ds = Deidentifier(mapper, pseudonym="abc123").apply(_dataset())
-    assert (ds.PatientName, ds.PatientID) == ("abc123", "abc123") and not ds.PatientBirthDate
-    assert "StudyDescription" not in ds and ds.InstitutionName == "ANONYMOUS"
-    assert ds.ContentDate == "19000101"
-    assert 0x00291010 not in ds and 0x60003000 not in ds
-    assert ds.SOPInstanceUID == mapper("1.2.3.4.5") == ds.file_meta.MediaStorageSOPInstanceUID
-    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # class UIDs are kept
-    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == mapper("1.2.3.4.6")
-    assert mapper("1.2.3") != UidMapper(b"other")("1.2.3")
-    assert len(mapper("1.2.3")) <= 64 and mapper("1.2.3").startswith("2.25.")
