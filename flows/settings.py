@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import zoneinfo
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,24 @@ class Settings(BaseSettings):
     segment_time_limit_s: float | None = 3600.0  # per series; past it: the series' failure
     segment_memory_mb: int | None = None  # per worker; None: 80 % of memory over the workers
     reconcile_days: int = Field(7, ge=1)  # the nightly reconciliation re-counts this many days
+    timezone: str | None = None  # IANA name the schedules run in (prefect deploy); None: UTC
+    code_dir: Path | None = None  # where workers find flows/; None: where flows is imported from
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
                                    dotenv_settings, file_secret_settings):  # noqa: D102
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value:  # empty: not set
+            try:
+                zoneinfo.ZoneInfo(value)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"Invalid 'timezone' value {value!r} - not an IANA timezone "
+                                 "name such as Europe/Amsterdam") from None
+        return value or None
 
     @model_validator(mode="after")
     def _old_names(self) -> Settings:
