@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -230,15 +230,19 @@ def algorithm_of(choice: Choice) -> AlgorithmSpec:
 
 
 def segment_series(volume: Volume, parsed: Sequence[ParsedGsps], choice: Choice, out_dir: Path,
-                   failures: Sequence[GspsFailure] = ()) -> SeriesRun:
+                   failures: Sequence[GspsFailure] = (),
+                   on_progress: Callable[[ParsedGsps], None] | None = None) -> SeriesRun:
     """Segment every usable annotation of ``parsed`` on ``volume``; one SEG per GSPS (with a
     preview PNG per segment) goes to ``out_dir``. Unusable annotations are skips with their
-    reason, an empty mask a failure; neither stops the others."""
+    reason, an empty mask a failure; neither stops the others. ``on_progress`` (optional) is
+    called after each GSPS, e.g. to advance a progress bar."""
     run = SeriesRun(volume, list(parsed), [], algorithm_of(choice), choice.warning,
                     list(failures))
     out_dir.mkdir(parents=True, exist_ok=True)
     for gsps in run.parsed:
         run.results.extend(_segment_gsps(run, gsps, choice, out_dir))
+        if on_progress is not None:
+            on_progress(gsps)
     return run
 
 

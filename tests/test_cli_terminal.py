@@ -267,3 +267,33 @@ def test_a_flows_progress_moves_the_bar_and_is_no_log_line(capsys) -> None:
     with follow_flow("harvest", show=False):
         logging.getLogger(PROGRESS_LOGGER).debug("3 GSPS found", extra={"percent": 10.0})
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_segment_shows_progress_on_a_terminal_only(synth_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    study = json.loads((synth_dir / "manifest.json").read_text())["studies"][0]
+    gsps = [str(synth_dir / g["file"]) for g in study["gsps"][:2]]
+    argv = ["segment", "--series", str(synth_dir / study["ct_dir"]), "--gsps", *gsps,
+            "--model", "classical", "--no-catalog"]
+    code, shown = on_terminal([*argv, "--out", str(tmp_path / "tty")])
+    assert code == 0, shown
+    assert "reading the series [" in shown and "loading the model [" in shown
+    assert "segment: 100%" in shown and "2/2" in shown and '"segments"' in shown
+    done = piped([*argv, "--out", str(tmp_path / "pipe")])
+    assert done.returncode == 0, done.stderr
+    assert b"%|" not in done.stderr and b"reading the series" not in done.stderr
+    assert len(json.loads(done.stdout)["segments"]) >= 2
+
+
+def test_no_progress_turns_the_bars_off(capsys) -> None:
+    import argparse
+
+    from flows.cli.terminal import progress, shows_progress
+
+    assert not shows_progress(argparse.Namespace(no_progress=True))
+    assert not shows_progress(argparse.Namespace())  # pytest's stderr is no terminal
+    with progress("export", total=3) as bar:
+        bar.update(3)
+    assert capsys.readouterr().err == ""

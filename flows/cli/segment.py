@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dicom_io.printable import printable
 from flows.cli.db import add_catalog_argument, catalog_url
+from flows.cli.terminal import add_progress_argument, progress, shows_progress, step
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cuda | mps | cpu")
     add_catalog_argument(p)
     p.add_argument("--no-catalog", action="store_true", help="do not record in the catalog")
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 
@@ -42,10 +44,16 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings()
     engine = None if args.no_catalog else open_catalog(catalog_url(args))
     remove_stale_temps(args.out)
-    volume = load_series(args.series, args.series_uid)
+    show = shows_progress(args)
+    with step("reading the series", show):
+        volume = load_series(args.series, args.series_uid)
     parsed, failures = read_gsps_files(args.gsps)
-    choice = choose_segmenter(args.model or settings.model, device=args.device or settings.device)
-    series_run = segment_series(volume, parsed, choice, args.out, failures)
+    with step("loading the model", show):
+        choice = choose_segmenter(args.model or settings.model,
+                                  device=args.device or settings.device)
+    with progress("segment", total=len(parsed), unit="GSPS", show=show) as bar:
+        series_run = segment_series(volume, parsed, choice, args.out, failures,
+                                    on_progress=lambda gsps: bar.update())
     if series_run.warning:
         print(f"WARNING: {printable(series_run.warning)}", file=sys.stderr)
     if engine is not None:
