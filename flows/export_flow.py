@@ -1,5 +1,8 @@
 """The ``export`` deployment: a catalog query exported as a training dataset (db.export).
 
+The flow run fails when nothing was exported, when the folder holds another export (unless
+``force``), or when any case failed (after the others are written and the result published).
+
 Example
 -------
 >>> export_dataset(out="dataset", fmt="nnunet", kind="line", min_volume_ml=1.0)  # doctest: +SKIP
@@ -15,8 +18,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from db import CatalogFilter, open_catalog
-from db.export import ExportFormat
+from db.export import ExportError, ExportFormat
 from db.export import export_dataset as _export
+from db.export.nnunet import DEFAULT_DATASET
 from dicom_io.files import remove_stale_temps
 from dicom_io.printable import escape_logs
 from flows.settings import Settings
@@ -24,14 +28,21 @@ from flows.settings import Settings
 
 @task(name="export-cases", cache_policy=NO_CACHE)
 def export_cases(catalog_url: str, out: str, fmt: ExportFormat, where: CatalogFilter,
-                 deidentify: bool, split: list[float], seed: int) -> dict:
+                 deidentify: bool, split: list[float], seed: int, force: bool,
+                 nnunet_dataset: str) -> dict:
     """Export the matching segmentations; resumable (finished cases are skipped)."""
     from pathlib import Path
 
-    report = _export(open_catalog(catalog_url), Path(out), fmt, where, deidentify=deidentify,
-                     split=tuple(split), seed=seed, progress=False)
+    engine = open_catalog(catalog_url)
+    try:
+        report = _export(engine, Path(out), fmt, where, deidentify=deidentify,
+                         split=tuple(split), seed=seed, progress=False, force=force,
+                         nnunet_dataset=nnunet_dataset)
+    finally:
+        engine.dispose()
     return {"out": str(report.out), "cases": report.cases, "written": report.written,
-            "skipped_done": report.skipped_done, "failed": len(report.failed)}
+            "skipped_done": report.skipped_done, **report.figures,
+            "failed": len(report.failed), "first_failure": report.failed[:1]}
 
 
 @flow(name="export-dataset")
@@ -40,8 +51,8 @@ def export_dataset(out: str, fmt: ExportFormat = ExportFormat.NIFTI, kind: str |
                    since: dt.date | None = None, until: dt.date | None = None,
                    model: str | None = None, status: str | None = None,
                    body_part: str | None = None, deidentify: bool = False,
-                   split: list[float] | None = None, seed: int = 0,
-                   catalog_url: str | None = None) -> dict:
+                   split: list[float] | None = None, seed: int = 0, force: bool = False,
+                   nnunet_dataset: str = DEFAULT_DATASET, catalog_url: str | None = None) -> dict:
     """Export a catalog query to ``out`` as ``fmt``; publish a small result table."""
     escape_logs()  # Prefect configured logging: control characters in our log lines escaped
     remove_stale_temps(out)  # what a killed export's writers left
@@ -49,8 +60,13 @@ def export_dataset(out: str, fmt: ExportFormat = ExportFormat.NIFTI, kind: str |
     where = CatalogFilter(kind=kind, min_volume_ml=min_volume_ml, max_volume_ml=max_volume_ml,
                           since=since, until=until, model=model, status=status,
                           body_part=body_part)
-    result = export_cases(url, out, ExportFormat(fmt), where, deidentify, split or [1.0], seed)
+    result = export_cases(url, out, ExportFormat(fmt), where, deidentify, split or [1.0], seed,
+                          force, nnunet_dataset)
+    first_failure = result.pop("first_failure")  # may name a path: kept out of the artifact
     create_table_artifact([result], key="export-result",
                           description=f"Export {ExportFormat(fmt).value}: "
                                       f"{ {k: v for k, v in asdict(where).items() if v} }")
+    if result["failed"]:
+        raise ExportError(f"{result['failed']} of {result['cases']} case(s) failed; first: "
+                          f"{first_failure[0]}")
     return result

@@ -33,8 +33,12 @@ class Case:
 
 
 def case_id(series_instance_uid: str, key: bytes) -> str:
-    """A stable id for a series that does not reveal its UID (keyed hash)."""
-    digest = hmac.new(key, series_instance_uid.encode(), hashlib.sha256).hexdigest()
+    """A stable id for a series that does not reveal its UID (keyed hash).
+
+    With the catalog's export key (``db.keys``) every export of a catalog names a series alike;
+    the prefix keeps these hashes apart from the UID remapping made with the same key.
+    """
+    digest = hmac.new(key, b"case-id:" + series_instance_uid.encode(), hashlib.sha256).hexdigest()
     return f"case_{digest[:12]}"
 
 

@@ -1,9 +1,9 @@
-"""Patient-level, deterministic train/validation/test splits."""
+"""Patient-level, deterministic train/validation/test splits and cross-validation folds."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -38,3 +38,28 @@ def assign_splits(patients: Iterable[str], fractions: Sequence[float],
         out.update({p: name for p in unique[start:end]})
         start = end
     return out
+
+
+def cross_validation_folds(case_patients: Mapping[str, str], seed: int,
+                           folds: int = 5) -> list[dict[str, list[str]]]:
+    """Cross-validation folds over cases, whole patients per fold (scikit-learn ``GroupKFold``).
+
+    Returns nnU-Net's ``splits_final.json`` structure: ``[{"train": [...], "val": [...]}, ...]``.
+    ``min(folds, patients)`` folds; none for a single patient. The same cases, patients and seed
+    give the same folds.
+
+    Examples
+    --------
+    >>> cross_validation_folds({"a": "p1", "b": "p1", "c": "p2"}, seed=0)[0]["val"] in (["a", "b"], ["c"])
+    True
+    """
+    from sklearn.model_selection import GroupKFold  # import here: only nnU-Net exports need it
+
+    cases = sorted(case_patients)
+    groups = [case_patients[c] for c in cases]
+    n = min(folds, len(set(groups)))
+    if n < 2:
+        return []
+    splitter = GroupKFold(n_splits=n, shuffle=True, random_state=seed)
+    return [{"train": sorted(cases[i] for i in train), "val": sorted(cases[i] for i in val)}
+            for train, val in splitter.split(cases, groups=groups)]

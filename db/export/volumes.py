@@ -19,6 +19,16 @@ from dicom_io.volume import Volume, load_series
 _NIFTI_GZIP_LEVEL = 1
 
 
+def check_sources(case: Case) -> None:
+    """Raise ``FileNotFoundError`` naming the first of the case's CT folder and SEG files that
+    is missing (a path recorded relative is read from the current folder)."""
+    sources = [("CT series", case.series_path)] + [("SEG", s.seg_path) for s in case.segments]
+    for what, path in sources:
+        if not Path(path).exists():
+            hint = "" if Path(path).is_absolute() else " (recorded as a relative path)"
+            raise FileNotFoundError(f"{what} {path} not found{hint}")
+
+
 def load_case_volume(case: Case) -> Volume:
     """The case's CT series as a Volume."""
     return load_series(case.series_path, case.series_instance_uid)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flows.cli.bounds import SEED_MAX, bounded_int
 from flows.cli.catalog import add_filter_arguments, filter_from_args
-from flows.cli.db import catalog_url
+from flows.cli.db import open_cli_catalog
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,15 +23,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train,val,test fractions by patient, e.g. 0.7,0.15,0.15 (default: 1)")
     p.add_argument("--seed", type=bounded_int(0, SEED_MAX),
                    default=0, help="seed of the patient split")
+    p.add_argument("--nnunet-dataset", default="Dataset501_SAM2CT", metavar="DatasetNNN_Name",
+                   help="nnU-Net: the dataset folder under OUT/nnUNet_raw and "
+                        "OUT/nnUNet_preprocessed (default: Dataset501_SAM2CT)")
+    p.add_argument("--force", action="store_true",
+                   help="OUT was made with other filters or options: start it over (its old "
+                        "cases are removed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_filter_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export, print a JSON summary; exit 1 when a case failed (the others are written)."""
-    from db import open_catalog
-    from db.export import export_dataset
+    """Export, print a JSON summary; exit 1 when a case failed (the others are written), 2 with
+    one line when nothing was exported or OUT holds another export."""
+    from db.export import ExportError, export_dataset
     from db.export.splits import parse_fractions
     from dicom_io.files import remove_stale_temps
     from flows.cli import CommandError
@@ -39,16 +45,18 @@ def run(args: argparse.Namespace) -> int:
     split = parse_fractions(args.split)
     if args.out.exists() and not args.out.is_dir():
         raise NotADirectoryError(f"export folder {args.out} is a file")
-    engine = open_catalog(catalog_url(args))
+    engine = open_cli_catalog(args.catalog, create=False)  # never creates one
     remove_stale_temps(args.out)  # what a killed export's writers left
     try:
         report = export_dataset(engine, args.out, args.format, filter_from_args(args),
                                 deidentify=args.deidentify, split=split, seed=args.seed,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, force=args.force,
+                                nnunet_dataset=args.nnunet_dataset)
+    except ExportError as e:
+        raise CommandError(str(e)) from e
     finally:
         engine.dispose()
-    if report.cases == 0:
-        raise CommandError("no catalogued segmentation matches the filters: nothing to export")
     print(json.dumps({"out": str(report.out), "cases": report.cases, "written": report.written,
-                      "already_done": report.skipped_done, "failed": report.failed}, indent=2))
+                      "already_done": report.skipped_done, **report.figures,
+                      "failed": report.failed}, indent=2))
     return 1 if report.failed else 0
