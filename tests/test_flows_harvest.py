@@ -399,8 +399,9 @@ def test_shared_gsps_harvested_per_series_then_exported(harness, orthanc, two_se
     assert nightly_harvest(day, day, opts)["already_done"] == 1
 
     # the export flow over that catalog: one case per series, image and label on one grid
-    for fmt, image_dir, label_dir, suffix in (("nnunet", "imagesTr", "labelsTr", "_0000"),
-                                              ("nifti", "images", "labels", "")):
+    raw = "nnUNet_raw/Dataset501_SAM2CT"
+    for fmt, image_dir, label_dir, suffix in (("nnunet", f"{raw}/imagesTr", f"{raw}/labelsTr",
+                                               "_0000"), ("nifti", "images", "labels", "")):
         out = tmp_path / fmt
         result = export_dataset(out=str(out), fmt=fmt, catalog_url=pg_url)
         assert (result["cases"], result["written"], result["failed"]) == (2, 2, 0), result
@@ -413,7 +414,7 @@ def test_shared_gsps_harvested_per_series_then_exported(harness, orthanc, two_se
             assert image.GetSize() == label.shape[::-1] and image.GetSize()[2] == 16
             assert set(map(int, label.ravel())) == {0, 1}
         if fmt == "nnunet":
-            assert json.loads((out / "dataset.json").read_text())["numTraining"] == 2
+            assert json.loads((out / raw / "dataset.json").read_text())["numTraining"] == 2
 
 
 def test_segment_deployment_runs_batches_on_a_process_worker(harness, orthanc, two_series,
