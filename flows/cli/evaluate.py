@@ -75,7 +75,7 @@ def parse_kinds(text: str | None, default: Sequence[str]) -> list[PromptKind]:
     kinds: list[PromptKind] = []
     for name in names:
         try:
-            kind = PromptKind(name)
+            kind = PromptKind(name.lower())
         except ValueError as exc:
             raise ValueError(f"Invalid '--prompt' value '{name}' - choose from "
                              f"{', '.join(PromptKind)}") from exc

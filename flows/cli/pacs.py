@@ -10,11 +10,11 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 
 from dicom_io.printable import printable
 from flows.cli.bounds import bounded_float, bounded_int
+from flows.cli.terminal import one_of, progress
 
 _LEVELS = ("study", "series", "image")
 
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_echo)
 
     p = pacs_sub.add_parser("find", parents=[common], help="C-FIND (Study Root)")
-    p.add_argument("--level", choices=_LEVELS, default="study")
+    p.add_argument("--level", **one_of(_LEVELS), default="study")
     p.add_argument("--date", help="StudyDate window YYYYMMDD-YYYYMMDD (split when the PACS "
                    "result limit is hit) or one day YYYYMMDD")
     p.add_argument("--modality", help="e.g. PR (ModalitiesInStudy at study level)")
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", required=True, help="StudyInstanceUID")
     p.add_argument("--series", help="SeriesInstanceUID (default: the whole study)")
     p.add_argument("--out", required=True, type=Path, help="staging folder")
-    p.add_argument("--method", choices=("move", "get"), help="default: SAM2CT_PACS_METHOD")
+    p.add_argument("--method", **one_of(("move", "get")), help="default: SAM2CT_PACS_METHOD")
     p.add_argument("--associations", type=bounded_int(1, 32), default=1, metavar="N",
                    help="split a large retrieval over N associations at once, in worker "
                         "processes (at most the PACS's association cap, 2)")
@@ -173,8 +173,6 @@ def _text(value: object) -> str:
 
 def run_retrieve(args: argparse.Namespace) -> int:
     """Retrieve with verification; fails when anything expected did not arrive."""
-    from tqdm import tqdm
-
     from dicom_io.pacs import find_instances, retrieve
     from flows.cli import CommandError
 
@@ -183,8 +181,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
     if not expected:
         raise CommandError(f"PACS {pacs.address} has no instances for study {args.study}"
                            + (f" series {args.series}" if args.series else ""))
-    with tqdm(total=len(expected), unit="inst", file=sys.stderr, disable=None,
-              desc=f"C-{pacs.method.value.upper()}") as bar:
+    with progress(f"C-{pacs.method.value.upper()}", total=len(expected), unit="inst") as bar:
         report = _call(lambda: retrieve(pacs, local, args.out, args.study, args.series,
                                         expected=expected, on_delivery=lambda d: bar.update(),
                                         associations=args.associations))
@@ -200,8 +197,6 @@ def run_retrieve(args: argparse.Namespace) -> int:
 
 def run_store(args: argparse.Namespace) -> int:
     """C-STORE files; fails if any file was refused."""
-    from tqdm import tqdm
-
     from dicom_io.pacs import store_files
     from flows.cli import CommandError
 
@@ -209,8 +204,7 @@ def run_store(args: argparse.Namespace) -> int:
     for path in args.files:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
-    with tqdm(total=len(args.files), unit="file", file=sys.stderr, disable=None,
-              desc="C-STORE") as bar:
+    with progress("C-STORE", total=len(args.files), unit="file") as bar:
         report = _call(lambda: store_files(pacs, local, args.files,
                                            on_progress=lambda p: bar.update()))
     _emit(args, dataclasses.asdict(report),

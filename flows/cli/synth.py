@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from flows.cli.bounds import SEED_MAX, bounded_int
+from flows.cli.terminal import iso_date
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default=512, help="rows = columns per slice (64..1024)")
     p.add_argument("--slices", type=bounded_int(8, 4096), default=None,
                    help="slices per series (default: 180-240 mm of coverage)")
-    p.add_argument("--start-date", type=dt.date.fromisoformat, default=dt.date(2026, 1, 5),
+    p.add_argument("--start-date", type=iso_date, default=dt.date(2026, 1, 5),
                    help="StudyDate of the first study, YYYY-MM-DD; study i is i days later")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     p.set_defaults(func=run)
