@@ -127,7 +127,7 @@ def _report(workdir: Path, engine, summary: dict) -> Path:
 
     from db import query_rows
     from db.records import SegStatus
-    from flows.artifacts import RunSummary, write_html_report
+    from flows.artifacts import RunSummary, report_cases, write_html_report
 
     rows = query_rows(engine)
     run = RunSummary(summary["window_start"], summary["window_end"], summary["pacs"],
@@ -140,11 +140,21 @@ def _report(workdir: Path, engine, summary: dict) -> Path:
                      failed_by_stage=Counter(summary["failed_by_stage"]),
                      previews=[r.preview_path for r in rows if r.preview_path],
                      warning=summary["warning"])
-    return write_html_report(workdir / "report.html", run, "SAM2CT harvest demo")
+    return write_html_report(workdir / "report.html", run, "SAM2CT harvest demo",
+                             report_cases(engine), _review_command(workdir))
+
+
+def _review_command(workdir: Path) -> str:
+    """The command that opens the review page over the demo's catalog."""
+    import shlex
+
+    url = f"sqlite:///{workdir / 'catalog.sqlite'}"
+    return f"sam2ct review --catalog {shlex.quote(url)}"
 
 
 def _print(workdir: Path, pacs, summary: dict, engine, report: Path) -> None:
     from db.queries import stats, table_counts
+    from flows.review import page_url
 
     if summary["warning"]:
         print(f"WARNING: {printable(summary['warning'])}", file=sys.stderr)
@@ -161,3 +171,4 @@ def _print(workdir: Path, pacs, summary: dict, engine, report: Path) -> None:
     frame = stats(engine)
     if not frame.empty:
         print(frame.to_string(index=False))
+    print(f"review:    {_review_command(workdir)}   then open {page_url()}")
