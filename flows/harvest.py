@@ -130,7 +130,7 @@ class _Run:
         self.recorder.record_run(replace(
             self.record, status=status, found=s.found, retrieved=s.retrieved_series,
             segmented=s.segmented, failed=s.failed, finished_at=dt.datetime.now(dt.UTC)))
-        publish_summary(s)
+        publish_summary(s, engine=self.engine)
         self.progress.set(100.0, f"{status.value}: {s.segmented} segmented, {s.failed} failed")
 
 
