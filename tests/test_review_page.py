@@ -123,6 +123,7 @@ def test_reviews_keep_history_and_order_the_queue(backend: str, request, tmp_pat
 
 # --- what the page shows, without a browser ------------------------------------------------------
 
+@pytest.mark.slow
 def test_identifiers_only_when_asked(segmented, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
@@ -130,6 +131,7 @@ def test_identifiers_only_when_asked(segmented, tmp_path: Path) -> None:
 
     engine = open_catalog(segmented.url)
     item = review_queue(engine)[0]
+    history = review_history(engine, item.segmentation_id)
     patient = patient_ids(engine, [item.patient_pseudonym])[item.patient_pseudonym]
     assert patient in segmented.patient_ids
     identifiers = [patient, item.study_instance_uid, item.series_instance_uid,
@@ -150,9 +152,25 @@ def test_identifiers_only_when_asked(segmented, tmp_path: Path) -> None:
                                      content='{"score": "minor"}',
                                      headers={"content-type": "text/plain"})
                 assert answer.status_code == 422  # only JSON: no cross-site form posts
-        assert review_history(engine, item.segmentation_id) == []
+        assert review_history(engine, item.segmentation_id) == history
     finally:
         engine.dispose()
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path, capsys) -> None:
+    import socket
+
+    from flows.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["review", "--catalog", f"sqlite:///{tmp_path / 'c.sqlite'}", "--port",
+                     str(port), "--reviewer", REVIEWER])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"sam2ct review: error: cannot listen on 127.0.0.1:{port} - ")
 
 
 # --- the page in a real browser ------------------------------------------------------------------
