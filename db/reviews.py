@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
+from functools import cache
 
 from sqlalchemy import Engine, Select, Subquery, func, insert, select
 
@@ -120,8 +121,10 @@ class QueueItem:
         return list(self.quality_flags or [])
 
 
+@cache
 def latest_reviews() -> Subquery:
-    """Each reviewed segmentation's newest review row (its score); older rows are history."""
+    """Each reviewed segmentation's newest review row, every column of ``review`` (its score);
+    older rows are history. One object (cached), so a statement may name it more than once."""
     newest = (select(func.max(Review.id).label("review_id"))
               .group_by(Review.segmentation_id).subquery("newest_review"))
     return select(Review).join(newest, Review.id == newest.c.review_id).subquery("latest_review")
