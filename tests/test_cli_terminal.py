@@ -212,9 +212,20 @@ def test_bad_enumerations_list_the_valid_values(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'XML' is not one of: table, csv, json, parquet" in err
     assert main(["export", "--catalog", url, "--out", str(tmp_path / "x"), "--format",
-                 "nifti", "--status", "needs_review"]) == 2
+                 "NIFTI", "--status", "needs_review"]) == 2
     assert "is not one of: ok, failed, needs-review" in capsys.readouterr().err
     assert not (tmp_path / "never.sqlite").exists()
+
+
+def test_the_parsers_choices_are_the_programs_values() -> None:
+    from db.export import ExportFormat
+    from db.records import SegStatus
+    from dicom_io.gsps.annotation import AnnotationKind
+    from flows.cli import catalog, export
+
+    assert export.FORMATS == tuple(f.value for f in ExportFormat)
+    assert set(catalog.STATUSES) == {s.value for s in SegStatus} - {"skipped"}
+    assert set(catalog.KINDS) == {k.value for k in AnnotationKind} - {"text"}
 
 
 @pytest.mark.parametrize("flag", ["--since", "--until"])
