@@ -17,14 +17,16 @@ import enum
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
+from tqdm import tqdm
 
 from db.export.cases import Case, cases_from_rows
-from db.export.dicom import DicomLayout, write_case_files
+from db.export.dicom import DicomLayout
 from db.export.errors import ExportError
 from db.export.layout import Layout
 from db.export.manifest import MANIFEST_NAME, Manifest, ManifestRow
@@ -48,8 +50,6 @@ from dicom_io.errors import DicomInputError
 __all__ = ["ExportError", "ExportFormat", "ExportReport", "export_dataset"]
 
 log = logging.getLogger(__name__)
-#: A progress callback: (cases handled, cases).
-Progress = Callable[[int, int], None]
 
 # What older versions kept in the folder (a per-folder key, loose index files): removed by force.
 _LEGACY_FILES = (".export-state/key", "dataset.json", "splits_final.json")
@@ -77,27 +77,32 @@ class ExportReport:
 
 
 def make_layout(fmt: ExportFormat | str, nnunet_dataset: str | None = None,
-                seed: int = 0) -> Layout:
-    """The layout object of a format (nnU-Net: its dataset folder name and fold seed)."""
+                seed: int = 0, pixels_cleaned: bool = False) -> Layout:
+    """The layout object of a format (nnU-Net: its dataset folder name and fold seed; DICOM:
+    whether images with burned-in annotation are stated cleaned)."""
     fmt = ExportFormat(fmt)
     if fmt is ExportFormat.NNUNET:
         return NnUNetLayout(nnunet_dataset or DEFAULT_DATASET, seed)
+    if fmt is ExportFormat.DICOM:
+        return DicomLayout(pixels_cleaned)
     return {ExportFormat.NIFTI: NiftiLayout, ExportFormat.MONAI: MonaiLayout,
             ExportFormat.DICOM: DicomLayout}[fmt]()
 
 
 def export_dataset(engine: Engine, out: Path, fmt: ExportFormat | str,
                    where: CatalogFilter | None = None, *, deidentify: bool = False,
-                   split: Sequence[float] = (1.0,), seed: int = 0, progress: Progress | None = None,
+                   split: Sequence[float] = (1.0,), seed: int = 0, progress: bool = True,
                    max_cases: int | None = None, force: bool = False,
-                   nnunet_dataset: str = DEFAULT_DATASET) -> ExportReport:
+                   nnunet_dataset: str = DEFAULT_DATASET,
+                   pixels_cleaned: bool = False) -> ExportReport:
     """Export the segmentations matching ``where`` into ``out`` as ``fmt``.
 
     One case per CT series (label 1 = union of its segments). ``split`` fractions assign whole
     patients to train / val / test, deterministically for a seed. ``max_cases`` stops after that
     many newly written cases (a partial export that a later call completes). ``force`` starts
-    a folder made with other settings over (its old cases are removed). ``progress`` (optional)
-    is called with (cases handled, cases) after each case, e.g. to move a progress bar.
+    a folder made with other settings over (its old cases are removed). De-identified DICOM
+    leaves images with burned-in annotation out (counted: ``figures["burned_in_left_out"]``)
+    unless ``pixels_cleaned`` states their pixels were cleaned.
 
     Raises
     ------
@@ -107,7 +112,7 @@ def export_dataset(engine: Engine, out: Path, fmt: ExportFormat | str,
     """
     fmt = ExportFormat(fmt)
     out, where = Path(out), where or CatalogFilter()
-    layout = make_layout(fmt, nnunet_dataset, seed)
+    layout = make_layout(fmt, nnunet_dataset, seed, pixels_cleaned)
     spec = ExportSpec.of(fmt.value, where, split, seed, deidentify,
                          nnunet_dataset if fmt is ExportFormat.NNUNET else None)
     key = bytes.fromhex(catalog_key(engine, EXPORT_KEY))
@@ -128,13 +133,14 @@ def export_dataset(engine: Engine, out: Path, fmt: ExportFormat | str,
 
 
 def _export_cases(cases: Sequence[Case], out: Path, fmt: ExportFormat, layout: Layout,
-                  split: Sequence[float], seed: int, progress: Progress | None, max_cases: int | None,
+                  split: Sequence[float], seed: int, progress: bool, max_cases: int | None,
                   uids: UidMapper | None) -> ExportReport:
     """Write the cases not yet done; record each in the manifest, then the index files."""
     splits = assign_splits((c.patient_pseudonym for c in cases), split, seed)
     manifest = Manifest(out)
     report = ExportReport(out, cases=len(cases))
-    for case in _reporting(cases, progress):
+    for case in tqdm(cases, desc=f"export {fmt.value}", unit="case", file=sys.stderr,
+                     disable=not progress):
         if manifest.done(case.case_id, out):
             report.skipped_done += 1
             continue
@@ -153,14 +159,6 @@ def _export_cases(cases: Sequence[Case], out: Path, fmt: ExportFormat, layout: L
     return report
 
 
-def _reporting(cases: Sequence[Case], progress: Progress | None) -> Iterator[Case]:
-    """``cases`` in order; ``progress(handled, total)`` after each one is handled."""
-    for handled, case in enumerate(cases, start=1):
-        yield case
-        if progress:
-            progress(handled, len(cases))
-
-
 def _export_case(case: Case, split: str, fmt: ExportFormat, layout: Layout, out: Path,
                  uids: UidMapper | None) -> ManifestRow:
     """Write one case's files and return its manifest row."""
@@ -168,8 +166,8 @@ def _export_case(case: Case, split: str, fmt: ExportFormat, layout: Layout, out:
     volume = load_case_volume(case)
     label = read_label(volume, case.segments)
     image_rel, label_rel = layout.paths(case.case_id, split)
-    if fmt is ExportFormat.DICOM:
-        write_case_files(case, volume, out / image_rel, out / label_rel, uids)
+    if isinstance(layout, DicomLayout):
+        layout.write_files(case, volume, out / image_rel, out / label_rel, uids)
     else:
         write_nifti(label, volume, out / label_rel)
         write_nifti(ct_as_int16(volume), volume, out / image_rel)
