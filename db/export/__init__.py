@@ -17,13 +17,11 @@ import enum
 import logging
 import os
 import shutil
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
-from tqdm import tqdm
 
 from db.export.cases import Case, cases_from_rows
 from db.export.dicom import DicomLayout
@@ -50,6 +48,8 @@ from dicom_io.errors import DicomInputError
 __all__ = ["ExportError", "ExportFormat", "ExportReport", "export_dataset"]
 
 log = logging.getLogger(__name__)
+#: A progress callback: (cases handled, cases).
+Progress = Callable[[int, int], None]
 
 # What older versions kept in the folder (a per-folder key, loose index files): removed by force.
 _LEGACY_FILES = (".export-state/key", "dataset.json", "splits_final.json")
@@ -91,7 +91,7 @@ def make_layout(fmt: ExportFormat | str, nnunet_dataset: str | None = None,
 
 def export_dataset(engine: Engine, out: Path, fmt: ExportFormat | str,
                    where: CatalogFilter | None = None, *, deidentify: bool = False,
-                   split: Sequence[float] = (1.0,), seed: int = 0, progress: bool = True,
+                   split: Sequence[float] = (1.0,), seed: int = 0, progress: Progress | None = None,
                    max_cases: int | None = None, force: bool = False,
                    nnunet_dataset: str = DEFAULT_DATASET,
                    pixels_cleaned: bool = False) -> ExportReport:
@@ -102,7 +102,8 @@ def export_dataset(engine: Engine, out: Path, fmt: ExportFormat | str,
     many newly written cases (a partial export that a later call completes). ``force`` starts
     a folder made with other settings over (its old cases are removed). De-identified DICOM
     leaves images with burned-in annotation out (counted: ``figures["burned_in_left_out"]``)
-    unless ``pixels_cleaned`` states their pixels were cleaned.
+    unless ``pixels_cleaned`` states their pixels were cleaned. ``progress`` (optional)
+    is called with (cases handled, cases) after each case, e.g. to move a progress bar.
 
     Raises
     ------
@@ -133,14 +134,13 @@ def export_dataset(engine: Engine, out: Path, fmt: ExportFormat | str,
 
 
 def _export_cases(cases: Sequence[Case], out: Path, fmt: ExportFormat, layout: Layout,
-                  split: Sequence[float], seed: int, progress: bool, max_cases: int | None,
+                  split: Sequence[float], seed: int, progress: Progress | None, max_cases: int | None,
                   uids: UidMapper | None) -> ExportReport:
     """Write the cases not yet done; record each in the manifest, then the index files."""
     splits = assign_splits((c.patient_pseudonym for c in cases), split, seed)
     manifest = Manifest(out)
     report = ExportReport(out, cases=len(cases))
-    for case in tqdm(cases, desc=f"export {fmt.value}", unit="case", file=sys.stderr,
-                     disable=not progress):
+    for case in _reporting(cases, progress):
         if manifest.done(case.case_id, out):
             report.skipped_done += 1
             continue
@@ -157,6 +157,14 @@ def _export_cases(cases: Sequence[Case], out: Path, fmt: ExportFormat, layout: L
     if manifest.rows:
         report.figures = layout.finalize(out, list(manifest.rows.values())) or {}
     return report
+
+
+def _reporting(cases: Sequence[Case], progress: Progress | None) -> Iterator[Case]:
+    """``cases`` in order; ``progress(handled, total)`` after each one is handled."""
+    for handled, case in enumerate(cases, start=1):
+        yield case
+        if progress:
+            progress(handled, len(cases))
 
 
 def _export_case(case: Case, split: str, fmt: ExportFormat, layout: Layout, out: Path,

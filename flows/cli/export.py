@@ -9,13 +9,18 @@ from pathlib import Path
 from flows.cli.bounds import SEED_MAX, bounded_int
 from flows.cli.catalog import add_filter_arguments, filter_from_args
 from flows.cli.db import catalog_url
+from flows.cli.terminal import add_progress_argument, advance, one_of, progress, shows_progress
+
+#: Dataset layouts (db.export.ExportFormat, not imported for the parser: it loads the exporters).
+FORMATS = ("nifti", "nnunet", "monai", "dicom")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``export`` sub-command."""
     p = sub.add_parser("export", help="export catalogued segmentations as a dataset")
     p.add_argument("--out", required=True, type=Path, help="export folder (re-run to resume)")
-    p.add_argument("--format", required=True, choices=("nifti", "nnunet", "monai", "dicom"))
+    p.add_argument("--format", required=True, **one_of(FORMATS),
+                   help=f"dataset layout, any case: {', '.join(FORMATS)}")
     p.add_argument("--deidentify", action="store_true",
                    help="DICOM: PS3.15 Basic Profile with consistent UID remapping; all formats: "
                         "no UIDs in the manifest")
@@ -33,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="DICOM --deidentify: images marked BurnedInAnnotation YES had the "
                         "annotation removed from their pixels; export them (Clean Pixel Data "
                         "Option). Without it they are left out and counted")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress_argument(p)
     add_filter_arguments(p)
     p.set_defaults(func=run)
 
@@ -53,11 +58,13 @@ def run(args: argparse.Namespace) -> int:
     engine = open_catalog(catalog_url(args))
     remove_stale_temps(args.out)  # what a killed export's writers left
     try:
-        report = export_dataset(engine, args.out, args.format, filter_from_args(args),
-                                deidentify=args.deidentify, split=split, seed=args.seed,
-                                progress=not args.no_progress, force=args.force,
-                                nnunet_dataset=args.nnunet_dataset,
-                                pixels_cleaned=args.pixels_cleaned)
+        with progress(f"export {args.format}", unit="case",
+                      show=shows_progress(args)) as bar:
+            report = export_dataset(engine, args.out, args.format, filter_from_args(args),
+                                    deidentify=args.deidentify, split=split, seed=args.seed,
+                                    progress=advance(bar), force=args.force,
+                                    nnunet_dataset=args.nnunet_dataset,
+                                    pixels_cleaned=args.pixels_cleaned)
     except ExportError as e:
         raise CommandError(str(e)) from e
     finally:
