@@ -160,7 +160,7 @@ def run_job(job: SeriesJob, catalog_url: str, output_dir: str, model: str = "aut
     outcome.model_spans = run.model_spans
     model_s = sum(end - start for start, end in run.model_spans)
     try:
-        recorder.record_series_results(run.catalog_records(Path(job.series_dir)))
+        recorder.record_series_results(run.catalog_records(Path(job.series_dir).resolve()))
     except Exception as exc:  # noqa: BLE001 - recorded as a catalog failure; the batch goes on
         return _fail(recorder, outcome, Stage.CATALOG, job.series_instance_uid, exc, run_id)
     for stage in (Stage.LOAD, Stage.SEGMENT, Stage.CATALOG):
@@ -189,7 +189,7 @@ def _load_and_segment(job: SeriesJob, recorder: Recorder, outcome: SeriesOutcome
     choice = segmenter(*segmenter_key)
     try:
         return segment_series(volume, parsed, choice,
-                              Path(output_dir) / job.study_instance_uid), loaded
+                              (Path(output_dir) / job.study_instance_uid).resolve()), loaded
     except Exception as exc:  # noqa: BLE001
         _fail(recorder, outcome, Stage.SEGMENT, job.series_instance_uid, exc, run_id)
         return None, loaded
