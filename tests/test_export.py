@@ -496,6 +496,26 @@ def test_segment_records_absolute_paths_an_export_reads_from_anywhere(
     assert json.loads(capsys.readouterr().out)["written"] == 1
 
 
+@pytest.mark.slow  # segments one synthetic study with the classical model
+def test_segment_jobs_record_absolute_paths(synth_data: dict, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.segment_jobs import SeriesJob, run_job
+
+    root, study = synth_data["root"] / "studies", synth_data["series"][1]["study"]
+    gsps = next(g for g in study["gsps"] if g["encoding"] == "line-mm")
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    open_catalog(url).dispose()
+    monkeypatch.chdir(root)  # a harvest whose staging and output folders were given relative
+    job = SeriesJob(study_instance_uid=study["study_instance_uid"],
+                    series_instance_uid=study["series_instance_uid"],
+                    series_dir=study["ct_dir"], gsps_files=[gsps["file"]])
+    outcome = run_job(job, url, "seg-out", model="classical")
+    assert outcome.ok == 1, outcome
+    [row] = query_rows(open_catalog(url, migrate=False))
+    assert Path(row.series_path) == (root / study["ct_dir"]).resolve()
+    assert Path(row.seg_path).is_absolute() and Path(row.seg_path).is_file()
+
+
 # --- the Prefect flow fails when it exports nothing -------------------------------------------------
 
 @pytest.mark.slow  # a Prefect test server for the module
