@@ -59,7 +59,6 @@ import functools
 import hashlib
 import hmac
 import importlib
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,7 +72,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID_dictionary
 
 from dicom_io.errors import DicomInputError
-from dicom_io.files import atomic_path, write_atomic
+from dicom_io.files import atomic_path
 
 #: the PS3.15 edition of Table E.1-1 applied, and where it is read from (see the module doc)
 PROFILE_EDITION = "2026c"
@@ -208,22 +207,16 @@ def resolve(code: str, sequence: bool = False) -> Action:
 
 @dataclass(frozen=True)
 class UidMapper:
-    """Consistent UID replacement: the same UID and key always give the same new UID (2.25.x)."""
+    """Consistent UID replacement: the same UID and key always give the same new UID (2.25.x).
+
+    Exports use the catalog's key (``db.keys``): never written where the data goes.
+    """
 
     key: bytes
 
     def __call__(self, uid: str) -> str:
         digest = hmac.new(self.key, str(uid).encode("ascii"), hashlib.sha256).digest()
         return f"2.25.{int.from_bytes(digest[:16], 'big')}"
-
-    @classmethod
-    def from_file(cls, path: Path) -> UidMapper:
-        """Deprecated (a key inside an export folder leaves with it): the key stored at
-        ``path``, created the first time. Exports take the catalog's key (``db.keys``)."""
-        path = Path(path)
-        if not path.exists():
-            write_atomic(path, os.urandom(32))
-        return cls(path.read_bytes())
 
 
 def burned_in(ds: Dataset) -> bool:
