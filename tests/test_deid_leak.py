@@ -236,3 +236,17 @@ def test_uid_key_stays_with_the_catalog_and_maps_alike_across_exports(
     masks = read_seg_masks(next((case / "SEG").glob("*.dcm")), volume)
     truth = np.any(planted["masks"], axis=0)[1:-1]  # the burned-in first and last slices: out
     assert np.array_equal(np.any(list(masks.values()), axis=0), truth)
+
+
+@pytest.mark.slow  # shares the planted study
+def test_pixels_cleaned_exports_burned_in_images_and_says_so(
+        planted: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["export", "--out", str(tmp_path), "--format", "dicom", "--deidentify",
+                 "--pixels-cleaned", "--catalog", planted["url"], "--no-progress"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["burned_in_left_out"] == 0
+    ct = [pydicom.dcmread(p, stop_before_pixels=True)
+          for p in sorted(tmp_path.glob("case_*/CT/*.dcm"))]
+    assert len(ct) == SLICES and {h.get("BurnedInAnnotation") for h in ct} <= {"NO", None}
+    assert all([c.CodeValue for c in h.DeidentificationMethodCodeSequence] == ["113100", "113101"]
+               for h in ct)
