@@ -410,7 +410,9 @@ def test_folder_refuses_another_selection_unless_forced(catalog_url: str, tmp_pa
     for other, changed in ((["--format", "nifti"], "filters.min_volume_ml"),
                            (["--format", "monai", "--min-volume", "0.01"], "format"),
                            (["--format", "nifti", "--min-volume", "0.01", "--split", "0.5,0.5"],
-                            "split")):
+                            "split"),
+                           (["--format", "nifti", "--min-volume", "0.01", "--pixels-cleaned"],
+                            "pixels_cleaned")):
         assert main([*base, *other]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and f"differs in {changed}" in err, err

@@ -115,7 +115,7 @@ def export_dataset(engine: Engine, out: Path, fmt: ExportFormat | str,
     out, where = Path(out), where or CatalogFilter()
     layout = make_layout(fmt, nnunet_dataset, seed, pixels_cleaned)
     spec = ExportSpec.of(fmt.value, where, split, seed, deidentify,
-                         nnunet_dataset if fmt is ExportFormat.NNUNET else None)
+                         nnunet_dataset if fmt is ExportFormat.NNUNET else None, pixels_cleaned)
     key = bytes.fromhex(catalog_key(engine, EXPORT_KEY))
     cases = cases_from_rows(query_rows(engine, where), key)
     if not cases:

@@ -34,15 +34,17 @@ class ExportSpec:
     seed: int = 0
     deidentify: bool = False
     nnunet_dataset: str | None = None  # nnU-Net exports only
+    pixels_cleaned: bool = False  # de-identified DICOM: burned-in images declared clean
 
     @classmethod
     def of(cls, fmt: str, where: CatalogFilter, split: Sequence[float], seed: int,
-           deidentify: bool, nnunet_dataset: str | None = None) -> ExportSpec:
+           deidentify: bool, nnunet_dataset: str | None = None,
+           pixels_cleaned: bool = False) -> ExportSpec:
         """The spec of one export call (filters left at ``None`` are not part of it)."""
         filters = {k: str(v.value if isinstance(v, enum.Enum) else v)
                    for k, v in asdict(where).items() if v is not None}
         return cls(str(fmt), filters, tuple(float(f) for f in split), int(seed),
-                   bool(deidentify), nnunet_dataset)
+                   bool(deidentify), nnunet_dataset, bool(pixels_cleaned))
 
     def as_json(self) -> dict:
         """The spec as the JSON document stored in the folder."""
@@ -59,7 +61,8 @@ class ExportSpec:
                 raise ExportError(f"export folder {folder} was made by an older version (no "
                                   f"{SPEC_NAME}): use --force to start it over, or a new folder")
             return
-        changed = differences(stored, self.as_json())
+        defaults = ExportSpec(format="").as_json()  # a setting added later: its default
+        changed = differences({**defaults, **stored}, self.as_json())
         if changed:
             raise ExportError(f"export folder {folder} was made with other settings (differs "
                               f"in {', '.join(changed)}): use --force to start it over, or a "
