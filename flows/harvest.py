@@ -99,12 +99,14 @@ class _Run:
         self.shared: dict[str, GspsTarget] = {}  # staged GSPS drawn on several series
         self.failed_series: dict[str, str] = {}  # series UID -> stage it failed at
 
-    def fail(self, stage: Stage, uid: str, exc: BaseException) -> None:
-        """Record a failed object (no patient data: messages name UIDs and the PACS only)."""
+    def fail(self, stage: Stage, uid: str, exc: BaseException, log: bool = True) -> None:
+        """Record a failed object (no patient data: messages name UIDs and the PACS only);
+        log it unless told not to (an error raised on, which its catcher reports)."""
         self.recorder.record_failure(FailureRecord(stage, uid, type(exc).__name__,
                                                    printable(exc, MESSAGE_LIMIT), self.run_id))
         self.summary.failed_by_stage[stage.value] += 1
-        logger.warning("%s failed for %s: %s", stage.value, uid, described(exc))
+        if log:
+            logger.warning("%s failed for %s: %s", stage.value, uid, described(exc))
 
     def resolve(self, stage: Stage, uid: str) -> None:
         """The retry of a failed object worked."""
@@ -117,7 +119,7 @@ class _Run:
         try:
             value = future.result()
         except ITEM_ERRORS as exc:
-            self.fail(stage, uid, exc)
+            self.fail(stage, uid, exc, log=not reraise)
             if reraise:
                 raise
             return None

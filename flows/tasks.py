@@ -1,7 +1,6 @@
 """Small typed Prefect tasks of the harvest. They pass UIDs and file paths, never arrays.
 
-Network tasks retry with exponential back-off and jitter, and hold one slot of the PACS's global
-concurrency limit (``pacs:<AET>``, strict) after passing its rate limit (``pacs-rate:<AET>``), so
+Network tasks hold one slot of the PACS's global concurrency limit (``pacs:<AET>``, strict) after passing its rate limit (``pacs-rate:<AET>``), so
 every worker of every flow together keeps within what the PACS allows. A flow that runs many of
 them takes its slots once (:class:`PacsSlots`) and its tasks share them.
 
@@ -23,7 +22,6 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency, rate_limit
-from prefect.tasks import exponential_backoff
 
 from dicom_io.pacs import (
     Discovery,
@@ -45,16 +43,13 @@ class SeriesNotFoundError(ValueError):
     """The PACS holds no instance of a series a GSPS references (not retried: it will not come)."""
 
 
-def transient(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry network and PACS errors, not bad input."""
-    return isinstance(state.data, (PacsError, OSError))
-
-
-#: Retry policy of tasks that talk to the PACS: 3 retries, 2 s, 4 s, 8 s, each +-50 % at random,
-#: only for network and PACS errors.
-NETWORK = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-           "retry_jitter_factor": 0.5, "retry_condition_fn": transient,
-           "cache_policy": NO_CACHE}
+#: Options of the tasks that talk to the PACS. No Prefect retries: the one retry policy of PACS
+#: work is ``dicom_io.pacs.association.retry_with_backoff`` with the PACS's ``Backoff``, which
+#: retries each transient error once where it happens (opening an association, a busy or lost
+#: one, a retrieval's missing instances) and never again above it; a task retrying too would
+#: multiply the attempts (4 task runs x 4 associations: 70 s to fail on an unreachable PACS).
+#: What outlasts it is the object's recorded failure, redone by the next run.
+NETWORK = {"retries": 0, "cache_policy": NO_CACHE}
 
 
 def limit_names(pacs_aet: str) -> tuple[str, str]:

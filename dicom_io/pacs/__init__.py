@@ -9,6 +9,7 @@ from dicom_io.pacs.association import Gate, gate_for, open_association
 from dicom_io.pacs.errors import (
     AssociationRejectedError,
     IncompleteDiscoveryError,
+    MoveDestinationError,
     OutsidePacsHoursError,
     PacsBusyError,
     PacsError,
@@ -16,6 +17,8 @@ from dicom_io.pacs.errors import (
     PacsUnavailableError,
     QueryFailedError,
     RetrievalIncompleteError,
+    StoragePortError,
+    worth_retrying,
 )
 from dicom_io.pacs.query import (
     Discovery,
@@ -50,10 +53,11 @@ __all__ = [
     "AssociationRejectedError", "Backoff", "Delivery", "discover_gsps", "discover_window",
     "Discovery", "echo", "find", "IncompleteDiscoveryError",
     "find_in_window", "find_instances", "find_series", "find_studies", "Gate", "gate_for",
-    "PacsHours", "InstanceMatch", "LocalAE", "open_association", "OutsidePacsHoursError",
+    "PacsHours", "InstanceMatch", "LocalAE", "MoveDestinationError", "open_association",
+    "OutsidePacsHoursError",
     "PacsBusyError", "PacsError", "PacsSettings", "PacsTimeoutError", "PacsUnavailableError",
     "QueryFailedError", "QueryLevel", "RetrievalIncompleteError", "RetrievalReport", "retrieve",
     "RetrieveMethod", "SeriesMatch", "staged_path", "StagingWriter", "StorageSCP", "store_files",
-    "StoreOutcome", "StoreReport", "StudyMatch", "SubOperations", "Timeouts", "TlsOptions",
-    "WindowPolicy",
+    "StoragePortError", "StoreOutcome", "StoreReport", "StudyMatch", "SubOperations", "Timeouts",
+    "TlsOptions", "WindowPolicy", "worth_retrying",
 ]

@@ -31,10 +31,10 @@ from pynetdicom.transport import AssociationServer
 from dicom_io.pacs.errors import (
     AssociationRejectedError,
     OutsidePacsHoursError,
-    PacsBusyError,
     PacsError,
     PacsTimeoutError,
     PacsUnavailableError,
+    worth_retrying,
 )
 from dicom_io.pacs.settings import LocalAE, PacsSettings, WindowPolicy
 
@@ -305,18 +305,37 @@ def _associate_once(
         rsp = assoc.acceptor.primitive
         raise AssociationRejectedError(
             f"PACS {pacs.address} rejected the association from {local.ae_title}: "
-            f"{rsp.result_str}, {rsp.source_str}, {rsp.reason_str}",
+            f"{rsp.result_str}, {rsp.source_str}, {rsp.reason_str}; "
+            f"{_rejection_hint(pacs, local, rsp.result_source, rsp.diagnostic)}",
             transient=rsp.result == 0x02,
         )
     if not connected.is_set():
-        why = "TLS handshake failed, " if pacs.tls is not None else ""
-        raise PacsUnavailableError(f"PACS {pacs.address}: cannot connect ({why}not running, wrong "
-                                   "host/port or unreachable)")
+        why = "TLS handshake failed, or " if pacs.tls is not None else ""
+        raise PacsUnavailableError(
+            f"PACS {pacs.address}: cannot connect ({why}not listening there); check its host "
+            "and port (SAM2CT_PACS or --pacs AET@host:port), that it runs, and that no "
+            "firewall stands between us")
     hint = ", or the PACS refused our TLS certificate" if pacs.tls is not None else ""
     raise PacsTimeoutError(
         f"PACS {pacs.address}: association not established (aborted, ACSE timeout or no "
-        f"acceptable presentation context{hint})"
+        f"acceptable presentation context{hint}); ask the PACS administrator whether our AE "
+        f"title {local.ae_title} on this host is on its list of DICOM modalities"
     )
+
+
+def _rejection_hint(pacs: PacsSettings, local: LocalAE, source: int, reason: int) -> str:
+    """What to do about a rejection, by its source and reason (PS3.8 9.3.4)."""
+    if source == 1 and reason == 7:  # service user: called AE title not recognised
+        return (f"check the PACS's AE title {pacs.ae_title} (SAM2CT_PACS or --pacs "
+                "AET@host:port)")
+    if source == 1 and reason == 3:  # service user: calling AE title not recognised
+        return (f"ask the PACS administrator to register our AE title {local.ae_title} (this "
+                f"host, port {local.store_port}), or set the one it knows (SAM2CT_AE_TITLE or "
+                "--ae-title)")
+    if source == 3:  # service provider (presentation): congestion, a local limit
+        return "the PACS is busy or at its association limit; try again later"
+    return (f"ask the PACS administrator whether our AE title {local.ae_title} on this host "
+            "may associate (its allowlist of DICOM modalities)")
 
 
 @contextlib.contextmanager
@@ -333,17 +352,15 @@ def open_association(
     """Yield an established association with ``pacs``, released (or aborted) on exit.
 
     First waits for the PACS hours (:func:`wait_for_pacs_hours`, ``clock`` for tests).
-    Holds a slot of the PACS's gate for its whole life. Transient rejections and failed connects
-    are retried with ``pacs.backoff``; a permanent rejection raises at once.
+    Holds a slot of the PACS's gate for its whole life. Transient rejections, failed connects
+    and ACSE timeouts are retried with ``pacs.backoff`` (:func:`retry_with_backoff`); a
+    permanent rejection raises at once.
     """
     wait_for_pacs_hours(pacs, clock)
     gate = gate or gate_for(pacs)
     with gate.slot():
         assoc = retry_with_backoff(
-            pacs,
-            lambda: _associate_once(pacs, local, contexts, ext_neg, evt_handlers),
-            retry_if=_association_retryable,
-        )
+            pacs, lambda: _associate_once(pacs, local, contexts, ext_neg, evt_handlers))
         try:
             yield assoc
         finally:
@@ -356,27 +373,44 @@ def open_association(
             assoc.join(timeout=pacs.timeouts.acse)
 
 
-def _association_retryable(exc: Exception) -> bool:
-    if isinstance(exc, AssociationRejectedError):
-        return exc.transient
-    return isinstance(exc, (PacsUnavailableError, PacsTimeoutError, PacsBusyError))
+def retry_with_backoff(pacs: PacsSettings, action: Callable[[], T],
+                       retry_if: Callable[[PacsError], bool] = worth_retrying) -> T:
+    """Run ``action``; on an error ``retry_if`` accepts, wait per ``pacs.backoff`` and retry.
 
-
-def retry_with_backoff(
-    pacs: PacsSettings, action: Callable[[], T], retry_if: Callable[[Exception], bool]
-) -> T:
-    """Run ``action``; on an error ``retry_if`` accepts, wait per ``pacs.backoff`` and retry."""
+    The one retry policy of PACS work: every retry of a PACS operation happens in this loop,
+    with ``pacs.backoff`` (attempts, exponential delays with jitter), and only for errors that
+    are transient and not yet retried (:func:`~dicom_io.pacs.errors.worth_retrying`, the
+    default ``retry_if``). An error this loop gives up on is marked ``retried`` and says how
+    many attempts it took, so that a loop around it (a discovery around its association, a
+    retrieval's attempts, a caller) does not try it all again: retries never multiply.
+    Prefect tasks do not retry PACS errors (``flows.tasks``). Retries are logged at DEBUG; a
+    success after retries at INFO.
+    """
     policy = pacs.backoff
     for attempt in range(1, policy.attempts + 1):
         try:
-            return action()
+            result = action()
         except PacsError as exc:
-            if attempt == policy.attempts or not retry_if(exc):
+            retry = retry_if(exc)
+            if attempt == policy.attempts or not retry:
+                if retry or (attempt > 1 and not exc.retried):
+                    _gave_up(exc, attempt)
                 raise
             delay = policy.delay(attempt)
-            logger.warning("%s; retry %d/%d in %.1f s", exc, attempt, policy.attempts - 1, delay)
+            logger.debug("%s; retry %d/%d in %.1f s", exc, attempt, policy.attempts - 1, delay)
             time.sleep(delay)
+        else:
+            if attempt > 1:
+                logger.info("PACS %s: answered at attempt %d", pacs.address, attempt)
+            return result
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _gave_up(exc: PacsError, attempts: int) -> None:
+    """Mark ``exc`` as retried, its message ending with how many attempts it took."""
+    exc.retried = True
+    if attempts > 1 and exc.args:
+        exc.args = (f"{exc.args[0]} (gave up after {attempts} attempts)", *exc.args[1:])
 
 
 def build_context(

@@ -209,7 +209,8 @@ T = TypeVar("T")
 
 def on_one_association(pacs: PacsSettings, local: LocalAE, work: Callable[[Finder], T]) -> T:
     """``work(query)`` with every C-FIND it makes on one association; retried as a whole, with
-    back-off, while the PACS is busy.
+    back-off, on a transient error not yet retried (busy, a lost association: see
+    :func:`~dicom_io.pacs.association.retry_with_backoff`).
 
     One association for a whole discovery rather than one per query: the PACS's rate limit
     spaces association openings (a window of 12 studies took 25 of them), not queries.
@@ -223,7 +224,7 @@ def on_one_association(pacs: PacsSettings, local: LocalAE, work: Callable[[Finde
 
             return work(query)
 
-    return retry_with_backoff(pacs, attempt, lambda e: isinstance(e, PacsBusyError))
+    return retry_with_backoff(pacs, attempt)
 
 
 def _date_range(start: dt.date, end: dt.date) -> str:

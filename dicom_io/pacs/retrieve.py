@@ -52,7 +52,13 @@ from pynetdicom.sop_class import (
 )
 
 from dicom_io.pacs.association import BUSY_STATUSES, Gate, build_context, gate_for, open_association
-from dicom_io.pacs.errors import PacsError, PacsTimeoutError, RetrievalIncompleteError
+from dicom_io.pacs.errors import (
+    MoveDestinationError,
+    PacsError,
+    PacsTimeoutError,
+    RetrievalIncompleteError,
+    worth_retrying,
+)
 from dicom_io.pacs.parallel import run_size, side_by_side, split, worker_pool
 from dicom_io.pacs.query import InstanceMatch, QueryLevel, find_instances
 from dicom_io.pacs.settings import LocalAE, PacsSettings, RetrieveMethod
@@ -143,7 +149,9 @@ def retrieve(pacs: PacsSettings, local: LocalAE, staging: Path, study_uid: str,
 
     ``expected`` defaults to an image-level C-FIND. For C-MOVE, ``scp`` is a running
     :class:`StorageSCP` writing into ``staging``; without it one is started for the call on
-    ``local.store_port`` accepting the PACS's AE title. Retries ask only for missing instances.
+    ``local.store_port`` accepting the PACS's AE title. Retries ask only for missing instances,
+    after ``pacs.backoff``'s delays; an error not worth another attempt (a permanent one, or
+    one whose association retries were spent: ``worth_retrying``) ends them.
     ``associations`` > 1 splits each attempt over that many associations at once, at most
     ``pacs.max_associations`` (``on_delivery`` then hears of a C-GET part's instances when the
     part ends).
@@ -173,8 +181,8 @@ def retrieve(pacs: PacsSettings, local: LocalAE, staging: Path, study_uid: str,
                 time.sleep(pacs.backoff.delay(n - 1))
             if associations > 1 and len(missing) >= 2 * MIN_PART:
                 _attempt_in_parts(pacs, local, writer, report, expected, missing, associations)
-            else:
-                _attempt(pacs, local, writer, report, expected, missing, whole=not present)
+            elif not _attempt(pacs, local, writer, report, expected, missing, whole=not present):
+                break
     end = _present(staging, expected)
     report.received = len(end - start)
     report.missing = tuple(sorted(i.sop_instance_uid for i in expected
@@ -200,10 +208,12 @@ def _writer(stack: ExitStack, pacs: PacsSettings, local: LocalAE, staging: Path,
 
 
 def _attempt(pacs: PacsSettings, local: LocalAE, writer: StagingWriter, report: RetrievalReport,
-             expected: list[InstanceMatch], missing: list[InstanceMatch], whole: bool) -> None:
+             expected: list[InstanceMatch], missing: list[InstanceMatch], whole: bool) -> bool:
+    """One attempt; False when the error it ended with is not worth another attempt."""
     identifiers = ([_identifier(report.study_instance_uid, report.series_instance_uid)]
                    if whole else [_identifier(i.study_instance_uid, i.series_instance_uid,
                                               i.sop_instance_uid) for i in missing])
+    final: list[PacsError] = []
 
     def request() -> None:
         try:
@@ -213,9 +223,12 @@ def _attempt(pacs: PacsSettings, local: LocalAE, writer: StagingWriter, report: 
                 _get(pacs, local, writer, identifiers, report, _get_classes(expected))
         except PacsError as exc:
             report.errors.append(str(exc))
-            logger.warning("retrieval attempt %d: %s", report.attempts, exc)
+            logger.debug("retrieval attempt %d: %s", report.attempts, exc)
+            if not worth_retrying(exc):
+                final.append(exc)
 
     _counted(pacs, writer, report, expected, missing, request)
+    return not final
 
 
 def _counted(pacs: PacsSettings, writer: StagingWriter, report: RetrievalReport,
@@ -274,7 +287,7 @@ def _attempt_in_parts(pacs: PacsSettings, local: LocalAE, writer: StagingWriter,
             report.suboperations.include(part.suboperations)
             for error in part.errors:
                 report.errors.append(error)
-                logger.warning("retrieval attempt %d: %s", report.attempts, error)
+                logger.debug("retrieval attempt %d: %s", report.attempts, error)
 
     _counted(pacs, writer, report, expected, missing, request)
 
@@ -321,7 +334,8 @@ def _move(pacs: PacsSettings, local: LocalAE, identifiers: list[Dataset],
     model = StudyRootQueryRetrieveInformationModelMove
     with open_association(pacs, local, [build_context(model)], gate=gate) as assoc:
         for ds in identifiers:
-            _drain(pacs, assoc.send_c_move(ds, local.ae_title, model), report, "C-MOVE")
+            _drain(pacs, assoc.send_c_move(ds, local.ae_title, model), report, "C-MOVE",
+                   local)
 
 
 def _get_classes(expected: list[InstanceMatch]) -> list[str]:
@@ -341,8 +355,28 @@ def _get(pacs: PacsSettings, local: LocalAE, writer: StagingWriter, identifiers:
             _drain(pacs, assoc.send_c_get(ds, model), report, "C-GET")
 
 
-def _drain(pacs: PacsSettings, responses, report: RetrievalReport, what: str) -> None:
-    """Consume C-MOVE/C-GET responses; add final sub-operation counts; raise on no response."""
+#: C-MOVE statuses: "move destination unknown", and "unable to process" (the range a PACS
+#: answers when it could not open an association to the destination it knows for us).
+MOVE_DESTINATION_UNKNOWN = 0xA801
+_UNABLE_TO_PROCESS = range(0xC000, 0xD000)
+
+
+def _move_hint(local: LocalAE) -> str:
+    """What to ask of the PACS administrator when C-MOVE cannot reach us."""
+    return (f"the PACS must know our AE title {local.ae_title} with this host and port "
+            f"{local.store_port} as a DICOM modality (ask its administrator) and reach that "
+            "port through any firewall; or retrieve by C-GET (SAM2CT_PACS_METHOD=get, "
+            "--method get)")
+
+
+def _drain(pacs: PacsSettings, responses, report: RetrievalReport, what: str,
+           local: LocalAE | None = None) -> None:
+    """Consume C-MOVE/C-GET responses; add final sub-operation counts; raise on no response.
+
+    A C-MOVE refused because the PACS does not know us as its destination raises
+    :class:`MoveDestinationError` (no other attempt will do better); one it could not deliver
+    names what to set up at the PACS (``local``: who we are).
+    """
     for status, _ in responses:
         if not status:
             raise PacsTimeoutError(f"PACS {pacs.address}: {what} got no response (DIMSE timeout "
@@ -351,10 +385,17 @@ def _drain(pacs: PacsSettings, responses, report: RetrievalReport, what: str) ->
         if code in _PENDING:
             continue
         report.suboperations.add(status)
+        failed = f"PACS {pacs.address}: {what} failed with status 0x{code:04X}"
+        if code == MOVE_DESTINATION_UNKNOWN and local is not None:
+            raise MoveDestinationError(f"{failed} (move destination unknown): "
+                                       f"{_move_hint(local)}")
         if code in BUSY_STATUSES:
             report.errors.append(f"PACS {pacs.address}: {what} out of resources (0x{code:04X})")
+        elif code in _UNABLE_TO_PROCESS and local is not None:
+            report.errors.append(f"{failed} (unable to process; often the PACS could not send to us): "
+                                 f"{_move_hint(local)}")
         elif code not in (0x0000, 0xB000):
-            report.errors.append(f"PACS {pacs.address}: {what} failed with status 0x{code:04X}")
+            report.errors.append(failed)
         return
     raise PacsTimeoutError(f"PACS {pacs.address}: {what} ended without a final status")
 
@@ -366,8 +407,8 @@ def _present(staging: Path, expected: Sequence[InstanceMatch]) -> set[str]:
 
 
 def _log(report: RetrievalReport) -> None:
-    level = logging.INFO if report.complete else logging.WARNING
-    logger.log(level, "retrieved %d/%d instances of study %s by C-%s (%d already staged, %d "
+    # an incomplete one at DEBUG: its caller reports it (raise_if_incomplete, a recorded failure)
+    logger.log(logging.INFO if report.complete else logging.DEBUG, "retrieved %d/%d instances of study %s by C-%s (%d already staged, %d "
                "missing, %d duplicates, %d failed) in %d attempt(s)", report.received,
                report.expected, report.study_instance_uid, report.method.value.upper(),
                report.already_present, len(report.missing), report.duplicates, report.failed,

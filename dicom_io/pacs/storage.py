@@ -31,6 +31,7 @@ Example
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
@@ -64,7 +65,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicom_io.files import write_atomic
 from dicom_io.pacs.association import ack_at_once, drop_log_handlers_on_establish
-from dicom_io.pacs.errors import PacsUnavailableError
+from dicom_io.pacs.errors import PacsUnavailableError, StoragePortError
 from dicom_io.pacs.settings import LocalAE
 
 logger = logging.getLogger(__name__)
@@ -462,6 +463,38 @@ class _GuardedServer(ThreadedAssociationServer):
                        exc_info=logger.isEnabledFor(logging.DEBUG))
 
 
+def check_port(local: LocalAE, pacs_host: str | None = None) -> None:
+    """Raise :class:`StoragePortError` now when our storage SCP could not listen on its
+    address and port (bound once, as its server binds, and let go), rather than when a
+    retrieval starts it."""
+    host = listen_address(local, pacs_host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pynetdicom's server
+        try:
+            probe.bind((host, local.store_port))
+        except OSError as e:
+            raise _cannot_listen(local, host, e) from e
+
+
+def _cannot_listen(local: LocalAE, host: str, error: OSError) -> StoragePortError:
+    return StoragePortError(f"storage SCP {local.ae_title}: cannot listen on {host} port "
+                            f"{local.store_port}: {error.strerror or error}; "
+                            f"{_port_hint(error)}")
+
+
+def _port_hint(error: OSError) -> str:
+    """What to do when our storage SCP cannot listen."""
+    if error.errno == errno.EADDRINUSE:
+        return ("another program (or another sam2ct run) listens there: stop it, or choose a "
+                "free port (SAM2CT_STORE_PORT or --store-port) and register it at the PACS")
+    if error.errno == errno.EACCES:
+        return "ports below 1024 need privileges: choose another (SAM2CT_STORE_PORT)"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return "that address is not one of this host's (SAM2CT_BIND_ADDRESS)"
+    return "check SAM2CT_STORE_PORT and SAM2CT_BIND_ADDRESS"
+
+
 class StorageSCP:
     """Embedded storage SCP for C-MOVE destinations; only ``local.allowed_callers`` may call.
 
@@ -512,8 +545,7 @@ class StorageSCP:
                               (evt.EVT_ESTABLISHED, drop_log_handlers_on_establish),
                               (evt.EVT_DATA_SENT, ack_at_once)])
         except OSError as e:
-            raise OSError(f"storage SCP {self.local.ae_title}: cannot listen on {host} port "
-                          f"{self.local.store_port}: {e.strerror or e}") from e
+            raise _cannot_listen(self.local, host, e) from e
         server.acse_timeout = self.local.acse_timeout
         server.per_peer = self.local.max_associations_per_peer
         ae._servers.append(server)  # as AE.start_server does: the server's shutdown removes it
@@ -537,5 +569,5 @@ class StorageSCP:
         self.stop()
 
 
-__all__ = ["Delivery", "StagingWriter", "StorageSCP", "StoreOutcome", "Tally",
+__all__ = ["Delivery", "StagingWriter", "StorageSCP", "StoreOutcome", "Tally", "check_port",
            "file_meta_bytes", "listen_address", "staged_path"]

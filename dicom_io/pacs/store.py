@@ -10,6 +10,7 @@ Example
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,12 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from dicom_io.pacs.association import BUSY_STATUSES, build_context, open_association
+from dicom_io.pacs.association import (
+    BUSY_STATUSES,
+    build_context,
+    open_association,
+    retry_with_backoff,
+)
 from dicom_io.pacs.errors import PacsBusyError, PacsTimeoutError
 from dicom_io.pacs.settings import LocalAE, PacsSettings
 
@@ -42,8 +48,10 @@ def store_files(pacs: PacsSettings, local: LocalAE, paths: Sequence[Path],
                 on_progress: Callable[[Path], None] | None = None) -> StoreReport:
     """C-STORE ``paths`` to the PACS, keeping each file's transfer syntax.
 
-    Unreadable files are reported, not sent. "Out of resources" raises :class:`PacsBusyError`
-    so the caller can back off; a lost association raises :class:`PacsTimeoutError`.
+    Unreadable files are reported, not sent. "Out of resources" (:class:`PacsBusyError`) and a
+    lost association (:class:`PacsTimeoutError`) are retried with back-off
+    (:func:`~dicom_io.pacs.association.retry_with_backoff`), each retry sending only the files
+    not yet stored; when they outlast it, they raise.
     """
     report = StoreReport()
     datasets = []
@@ -58,11 +66,18 @@ def store_files(pacs: PacsSettings, local: LocalAE, paths: Sequence[Path],
     if not datasets:
         return report
     requested = [build_context(cls, sorted(ts)) for cls, ts in contexts.items()][:128]
-    with open_association(pacs, local, requested) as assoc:
-        for path, ds in datasets:
-            _store_one(pacs, assoc, path, ds, report)
-            if on_progress is not None:
-                on_progress(path)
+    pending = deque(datasets)
+
+    def attempt() -> None:
+        with open_association(pacs, local, requested) as assoc:
+            while pending:
+                path, ds = pending[0]
+                _store_one(pacs, assoc, path, ds, report)
+                pending.popleft()
+                if on_progress is not None:
+                    on_progress(path)
+
+    retry_with_backoff(pacs, attempt)
     return report
 
 
