@@ -1,9 +1,11 @@
 """Engines for the catalog: SQLite (embedded default) or PostgreSQL via psycopg 3.
 
-Every way a catalog cannot be opened (a URL that is not one, a backend we do not support, a
-SQLite folder that cannot be made or written, a database that refuses or is missing, bad
-connection arguments) raises one ``CatalogError`` whose message names the URL with its password
-hidden; the command line prints it as one line.
+A catalog is a URL, or the path of a SQLite file (``catalog.sqlite`` is
+``sqlite:////abs/path/catalog.sqlite``). Every way a catalog cannot be opened (a URL that is not
+one, a backend we do not support, a SQLite folder that is missing, cannot be made or written, a
+database that refuses or is missing, a catalog that must exist and does not, bad connection
+arguments) raises one ``CatalogError`` whose message names the URL with its password hidden; the
+command line prints it as one line.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import URL, Engine, create_engine, event, inspect, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from dicom_io.printable import printable
 
@@ -36,13 +38,16 @@ class CatalogError(Exception):
 
 
 def parse_catalog_url(url: str | URL) -> URL:
-    """``url`` parsed and checked to be a catalog we support.
+    """``url`` parsed and checked to be a catalog we support; text without ``://`` is the path
+    of a SQLite file (made absolute).
 
     Raises
     ------
     CatalogError
         Not a database URL, or a backend other than SQLite and PostgreSQL (psycopg).
     """
+    if isinstance(url, str) and "://" not in url and url.strip():
+        return URL.create("sqlite", database=str(Path(url).expanduser().absolute()))
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as e:
@@ -65,17 +70,28 @@ def _masked(text: str) -> str:
     return printable(re.sub(r"//.*@", "//***@", text), _REASON_CHARS)
 
 
-def make_engine(url: str | URL) -> Engine:
+def make_engine(url: str | URL, *, create: bool = True, make_folder: bool = True) -> Engine:
     """An Engine for the catalog at ``url`` (not yet connected).
 
-    SQLite gets its folder created, foreign keys on and a busy timeout; PostgreSQL a connect
-    timeout unless the URL sets one.
+    SQLite gets foreign keys on and a busy timeout; PostgreSQL a connect timeout unless the URL
+    sets one.
+
+    Parameters
+    ----------
+    url
+        A catalog URL or the path of a SQLite file (``parse_catalog_url``).
+    create
+        Whether a SQLite file may be created; False: it must exist.
+    make_folder
+        Whether a missing folder of a SQLite file to be created is made (with its parents);
+        False: it must exist.
 
     Raises
     ------
     CatalogError
-        A bad URL (``parse_catalog_url``), a SQLite folder that cannot be made or written, or
-        connection arguments the driver refuses.
+        A bad URL (``parse_catalog_url``), a SQLite file that must exist and does not, a folder
+        that is missing or cannot be made or written, or connection arguments the driver
+        refuses.
     """
     parsed = parse_catalog_url(url)
     try:
@@ -83,7 +99,10 @@ def make_engine(url: str | URL) -> Engine:
             timeout = {} if "connect_timeout" in parsed.query else {
                 "connect_timeout": _PG_CONNECT_TIMEOUT_S}
             return create_engine(parsed, pool_pre_ping=True, connect_args=timeout)
-        _sqlite_folder(parsed)
+        if create:
+            _sqlite_folder(parsed, make_folder)
+        else:
+            _sqlite_file(parsed)
         engine = create_engine(parsed, connect_args={"timeout": _SQLITE_BUSY_MS / 1000})
     except (ArgumentError, TypeError, ValueError) as e:
         raise CatalogError(f"catalog {shown(parsed)} - bad connection arguments: "
@@ -92,11 +111,31 @@ def make_engine(url: str | URL) -> Engine:
     return engine
 
 
-def _sqlite_folder(url: URL) -> None:
-    """Make the folder of a SQLite file; it must be writable (SQLite writes its journal there)."""
-    if not url.database or url.database == ":memory:":
+def _in_memory(url: URL) -> bool:
+    return not url.database or url.database == ":memory:"
+
+
+def _sqlite_file(url: URL) -> None:
+    """A SQLite catalog that must exist: its file is there."""
+    if _in_memory(url):
+        return
+    path = Path(url.database).expanduser()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise CatalogError(f"no catalog at {printable(path, _REASON_CHARS)}: the file {what} "
+                           "(`sam2ct db upgrade` creates a catalog)")
+
+
+def _sqlite_folder(url: URL, make: bool) -> None:
+    """The folder of a SQLite file, made when ``make``; it must be writable (SQLite writes its
+    journal there)."""
+    if _in_memory(url):
         return
     folder = Path(url.database).expanduser().parent
+    if not make and not folder.is_dir():
+        raise CatalogError(f"catalog {shown(url)} - its folder "
+                           f"{printable(folder, _REASON_CHARS)} does not exist; make it first "
+                           "(sam2ct makes no folders for a catalog it is given)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -120,8 +159,26 @@ def catalog_errors(engine: Engine, doing: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as e:
+        hint = _hint(e, engine.url)
         raise CatalogError(f"catalog {shown(engine.url)} - {doing}: "
-                           f"{_reason(e, engine.url)}") from e
+                           f"{_reason(e, engine.url)}{'; ' + hint if hint else ''}") from e
+
+
+def _hint(error: SQLAlchemyError, url: URL) -> str:
+    """What to check when PostgreSQL cannot be reached or refuses us (empty for SQLite and
+    for errors of a connected database)."""
+    if url.get_backend_name() != "postgresql" or not isinstance(error, OperationalError):
+        return ""
+    text = str(error.orig or error)
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    if re.search(r'database "[^"]*" does not exist', text):
+        return (f"create the database {url.database} on {where} (createdb) or correct the "
+                "URL (SAM2CT_DATABASE_URL or --catalog)")
+    if re.search(r'role "[^"]*" does not exist|password authentication|pg_hba\.conf', text):
+        return (f"check the user and password in the URL and that {where} lets this user in "
+                "from this host (pg_hba.conf)")
+    return (f"check the host and port in the URL, that PostgreSQL runs on {where} and accepts "
+            "connections from this host (listen_addresses, pg_hba.conf, firewall)")
 
 
 def _reason(error: SQLAlchemyError, url: URL) -> str:
@@ -132,9 +189,10 @@ def _reason(error: SQLAlchemyError, url: URL) -> str:
     return printable(first, _REASON_CHARS)
 
 
-def check_catalog(engine: Engine) -> None:
+def check_catalog(engine: Engine, must_exist: bool = False) -> None:
     """Connect once and read the schema: a refused or missing database, bad connection
-    arguments or a file that is not SQLite fail here, before anything is written.
+    arguments or a file that is not SQLite fail here, before anything is written; with
+    ``must_exist``, so does a database without the catalog's tables.
 
     Raises
     ------
@@ -142,7 +200,10 @@ def check_catalog(engine: Engine) -> None:
         Naming the URL (password hidden) and the driver's reason.
     """
     with catalog_errors(engine, "cannot be opened"), engine.connect() as connection:
-        inspect(connection).has_table("alembic_version")
+        found = inspect(connection).has_table("alembic_version")
+    if must_exist and not found:
+        raise CatalogError(f"catalog {shown(engine.url)} - holds no catalog (no sam2ct "
+                           "tables); `sam2ct db upgrade` creates them")
 
 
 def is_postgres(engine: Engine) -> bool:

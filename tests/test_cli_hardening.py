@@ -54,7 +54,7 @@ def bad_urls(port: int, tmp: Path) -> dict[str, tuple[str, str]]:
     blocker = tmp / "a-file"
     blocker.write_text("not a folder")
     return {
-        "not a URL": ("notaurl", "not a database URL"),
+        "not a URL": ("notaurl", "no catalog at "),  # a SQLite file's path, not there
         "unparsable, password": (f"postgresql+psycopg://u:{PASSWORD}@h:notaport/db",
                                  "not a database URL"),
         "refused port": (f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:{port}/x",
@@ -66,7 +66,7 @@ def bad_urls(port: int, tmp: Path) -> dict[str, tuple[str, str]]:
         "bad connect option": (f"postgresql+psycopg://postgres@{PG}/test?connect_timeout=abc",
                                "connect_timeout"),
         "not a SQLite file": ("sqlite:////etc/passwd", "/etc"),
-        "folder cannot be made": (f"sqlite:///{blocker}/sub/c.sqlite", "cannot be made"),
+        "folder cannot be made": (f"sqlite:///{blocker}/sub/c.sqlite", "does not exist"),
         "mysql": (f"mysql://u:{PASSWORD}@localhost/db", "not supported"),
         "oracle": (f"oracle://u:{PASSWORD}@localhost/db", "not supported"),
     }
@@ -150,7 +150,10 @@ def test_numeric_options_are_bounded(argv: list[str], option: str, capsys) -> No
 
 def test_an_unexpected_error_is_one_line_and_verbose_shows_its_traceback(tmp_path: Path
                                                                         ) -> None:
+    from db import open_catalog
+
     catalog = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    open_catalog(catalog).dispose()  # a query reads a catalog that exists
     folder = tmp_path / "a-folder"
     folder.mkdir()
     argv = ["catalog", "query", "--catalog", catalog, "--format", "csv", "--out", str(folder)]

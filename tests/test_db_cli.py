@@ -30,7 +30,7 @@ def url(tmp_path: Path) -> str:
 
 
 def test_db_upgrade_migrates_an_empty_catalog(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'sub' / 'new.sqlite'}"
+    url = f"sqlite:///{tmp_path / 'new.sqlite'}"  # a missing folder: tests/test_cli_failures.py
     assert main(["db", "upgrade", "--catalog", url]) == 0
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None and current_revision(url) == head

@@ -11,7 +11,7 @@ from pathlib import Path
 from dicom_io.files import write_atomic, write_text_atomic
 from dicom_io.gsps.annotation import AnnotationKind
 from flows.cli.bounds import bounded_float, bounded_int
-from flows.cli.db import add_catalog_argument, catalog_url
+from flows.cli.db import add_catalog_argument, open_cli_catalog
 from flows.cli.terminal import (
     add_wide_argument,
     iso_date,
@@ -103,11 +103,11 @@ def _check_output(args: argparse.Namespace) -> None:
 
 def run_query(args: argparse.Namespace) -> int:
     """Print the matching segmentations in the chosen format."""
-    from db import open_catalog, query_frame
+    from db import query_frame
 
     _check_output(args)
     limit = _row_limit(args)
-    engine = open_catalog(catalog_url(args))
+    engine = open_cli_catalog(args.catalog, create=False)  # never creates one
     try:
         frame = query_frame(engine, filter_from_args(args), None if limit is None else limit + 1)
     finally:
@@ -129,11 +129,11 @@ def _row_limit(args: argparse.Namespace) -> int | None:
 
 def run_stats(args: argparse.Namespace) -> int:
     """Print counts per (kind, model, status), table totals and open failures by stage."""
-    from db import open_catalog, stats
+    from db import stats
     from db.queries import failures_by_stage, table_counts
 
     _check_output(args)
-    engine = open_catalog(catalog_url(args))
+    engine = open_cli_catalog(args.catalog, create=False)  # never creates one
     try:
         frame = stats(engine, filter_from_args(args))
         counts, failures = table_counts(engine), failures_by_stage(engine)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flows.cli.bounds import SEED_MAX, bounded_int
 from flows.cli.catalog import add_filter_arguments, filter_from_args
-from flows.cli.db import catalog_url
+from flows.cli.db import open_cli_catalog
 from flows.cli.terminal import add_progress_argument, advance, one_of, progress, shows_progress
 
 #: Dataset layouts (db.export.ExportFormat, not imported for the parser: it loads the exporters).
@@ -46,7 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export, print a JSON summary; exit 1 when a case failed (the others are written), 2 with
     one line when nothing was exported or OUT holds another export."""
-    from db import open_catalog
     from db.export import ExportError, export_dataset
     from db.export.splits import parse_fractions
     from dicom_io.files import remove_stale_temps
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     split = parse_fractions(args.split)
     if args.out.exists() and not args.out.is_dir():
         raise NotADirectoryError(f"export folder {args.out} is a file")
-    engine = open_catalog(catalog_url(args))
+    engine = open_cli_catalog(args.catalog, create=False)  # never creates one
     remove_stale_temps(args.out)  # what a killed export's writers left
     try:
         with progress(f"export {args.format}", unit="case",

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dicom_io.printable import printable
-from flows.cli.db import add_catalog_argument, catalog_url
+from flows.cli.db import add_catalog_argument, open_cli_catalog
 from flows.cli.terminal import add_progress_argument, progress, shows_progress, step
 
 
@@ -34,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     killed run left in ``--out`` are removed. Paths are made absolute first: the catalog records
     them, and an export reads them from any folder.
     """
-    from db import open_catalog
     from db.records import SegStatus
     from dicom_io.files import remove_stale_temps
     from dicom_io.volume import load_series
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     args.series, args.out = args.series.resolve(), args.out.resolve()
     args.gsps = [p.resolve() for p in args.gsps]
     settings = Settings()
-    engine = None if args.no_catalog else open_catalog(catalog_url(args))
+    engine = None if args.no_catalog else open_cli_catalog(args.catalog, create=True)
     remove_stale_temps(args.out)
     show = shows_progress(args)
     with step("reading the series", show):
