@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -44,7 +45,7 @@ beside the source). Shell completion: eval "$(sam2ct completion bash)".
 DISTRIBUTION = "sam2ct-harvest"
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 #: Longest error message printed (a driver or library may say a lot, or echo an input).
-ERROR_CHARS = 500
+ERROR_CHARS = 1000  # room for a UID, the PACS and what to check
 
 
 class CommandError(Exception):
@@ -100,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sam2ct` console script.
 
     Returns 0, or the command's own code; 2 with one line for a usage error or bad input
-    (``CommandError``, ``CatalogError``, ``ValueError``, a missing file); 1 with one line
+    (``CommandError``, ``CatalogError``, ``ValueError``, a missing file); 1 with one line for
+    a PACS that failed (``PacsError``: its message names the PACS and what to check), or
     ``Type: message`` for anything else (its traceback logged at debug: ``-v`` shows it);
     130 when interrupted.
     """
@@ -110,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a usage error (one line, already printed)
         return done.code if isinstance(done.code, int) else 0
-    _configure_logging(args.verbose)
+    quiet_prefect(args.verbose)
+    configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except (CommandError, CatalogError, ValueError, FileNotFoundError,
@@ -120,17 +123,97 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         logger.debug("sam2ct %s failed", args.command, exc_info=True)
+        if _is_pacs_error(exc):
+            return fail(args.command, exc, 1)
         return fail(args.command, f"{type(exc).__name__}: {exc}", 1)
 
 
-def _configure_logging(verbose: bool) -> None:
-    """Log lines on stderr, escaped (``escape_logs``); without tracebacks unless ``verbose``."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter((logging.Formatter if verbose else _NoTraceback)(_LOG_FORMAT))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+def _is_pacs_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``dicom_io.pacs`` error (whose message says it all), without
+    importing the PACS client (pynetdicom) for commands that never used it."""
+    errors = sys.modules.get("dicom_io.pacs.errors")
+    return errors is not None and isinstance(exc, errors.PacsError)
+
+
+#: Prefect settings the command line sets unless the environment has them: no telemetry (an
+#: offline host logs an error, with its traceback, each time it cannot send it; the temporary
+#: local server's "database is locked" under load), and Prefect's INFO lines only with -v.
+PREFECT_QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+def quiet_prefect(verbose: bool) -> None:
+    """Set ``PREFECT_QUIET`` (and, unless ``verbose``, Prefect's log level WARNING) in this
+    process's environment, before Prefect is imported; a value the user set is kept."""
+    quiet = {**PREFECT_QUIET, **({} if verbose else {"PREFECT_LOGGING_LEVEL": "WARNING"})}
+    for name, value in quiet.items():
+        os.environ.setdefault(name, value)
+
+
+#: Libraries that narrate at INFO (every association, dataset, SQL statement, HTTP call, copied
+#: module): WARNING unless -v. pynetdicom logs each failed connect or abort at ERROR, which our
+#: own error line (naming the PACS and what to check) already says: only CRITICAL unless -v.
+LIBRARY_LEVELS = {"pynetdicom": logging.CRITICAL, "prefect": logging.WARNING,
+                  "sqlalchemy": logging.WARNING, "alembic": logging.WARNING,
+                  "httpx": logging.WARNING, "highdicom": logging.WARNING,
+                  "uvicorn": logging.WARNING, "fastapi": logging.WARNING}
+
+
+class _CliHandler(logging.StreamHandler):
+    """The command line's stderr handler (told apart from others when logging is set up
+    again)."""
+
+
+#: Prefect's loggers of run states ("Task run failed with exception ...", "Finished in state
+#: Failed(...)"): every failure they tell of is told by us, as an object's recorded failure or
+#: the command's error line, so their lines reach the terminal only with -v (the Prefect API
+#: still gets them).
+RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
+
+
+def _not_a_run_state(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(RUN_LOGGERS) or record.levelno >= logging.CRITICAL
+
+
+def configure_logging(verbose: bool | None = None) -> None:
+    """Log lines on stderr, escaped (``escape_logs``); without tracebacks and with the
+    libraries of ``LIBRARY_LEVELS`` quiet unless ``verbose`` (None: as last time).
+
+    Call it again once Prefect is imported: Prefect's own set-up replaces the root logger's
+    handlers with its console handler (tracebacks, its own format) and gives some of its
+    loggers console handlers of their own; those are taken out. Where something else handles
+    the root logger (pytest, a host application), nothing is added.
+    """
+    verbose = _VERBOSE[0] if verbose is None else verbose
+    _VERBOSE[0] = verbose
+    root = logging.getLogger()
+    foreign = [h for h in root.handlers if not _replaceable(h)]
+    root.handlers = foreign
     escape_logs()
-    if not verbose:  # highdicom narrates every copied module at INFO
-        logging.getLogger("highdicom").setLevel(logging.WARNING)
+    if foreign:
+        return
+    handler = _CliHandler(sys.stderr)
+    handler.setFormatter((logging.Formatter if verbose else _NoTraceback)(_LOG_FORMAT))
+    if not verbose:
+        handler.addFilter(_not_a_run_state)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in (*LIBRARY_LEVELS, "prefect._internal", "prefect.server"):
+        library = logging.getLogger(name)
+        library.handlers = [h for h in library.handlers if not _replaceable(h)]
+        library.propagate = True
+    if not verbose:
+        for name, level in LIBRARY_LEVELS.items():
+            logging.getLogger(name).setLevel(level)
+
+
+_VERBOSE = [False]  # the last configure_logging's verbosity, for a call after Prefect's set-up
+
+
+def _replaceable(handler: logging.Handler) -> bool:
+    """Ours, or a console handler of Prefect's logging set-up."""
+    return isinstance(handler, _CliHandler) or (
+        type(handler).__module__.startswith("prefect.")
+        and isinstance(handler, logging.StreamHandler))
 
 
 def fail(command: str, error: object, code: int) -> int:

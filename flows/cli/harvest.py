@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -16,22 +15,13 @@ from dicom_io.printable import printable
 from flows.cli.bounds import bounded_int
 from flows.cli.terminal import add_progress_argument, follow_flow, iso_date, shows_progress
 
-#: Libraries that log every request or identifier at INFO: kept at WARNING unless --verbose.
-NOISY = ("pynetdicom", "httpx", "prefect", "alembic")
-
 
 def quiet_libraries() -> None:
-    """Keep chatty libraries' INFO lines (identifiers, HTTP calls) off stderr unless debugging."""
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        for name in NOISY:
-            logging.getLogger(name).setLevel(logging.WARNING)
+    """Take logging back once Prefect is imported (its set-up replaces ours): chatty libraries
+    at WARNING, one line per record, unless ``-v``."""
+    from flows.cli import configure_logging
 
-
-def quiet_local_server() -> None:
-    """Without PREFECT_API_URL the flows start a temporary local server: no telemetry from it
-    (its heartbeat fails with tracebacks on a busy machine). Before Prefect is imported."""
-    if not os.environ.get("PREFECT_API_URL"):
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    configure_logging()
 
 
 
@@ -131,14 +121,34 @@ def _print(summaries: list[dict], as_json: bool) -> int:
     return 1 if any(s["failed"] for s in summaries) else 0
 
 
-def checked_options(args: argparse.Namespace):
+def checked_options(args: argparse.Namespace, *, create: bool = True):
     """``options_from(args)``, its catalog opened (and migrated) once: a bad catalog is one
-    ``CatalogError`` before Prefect starts, not a failed flow run's traceback."""
-    from db import open_catalog
+    ``CatalogError`` before Prefect starts, not a failed flow run's traceback. ``create``:
+    whether the command may create the catalog (``reconcile`` re-counts against one that
+    exists)."""
+    from dicom_io.pacs import RetrieveMethod
+    from dicom_io.pacs.storage import check_port
+    from flows.cli.db import catalog_source, open_cli_catalog
 
+    given = args.catalog_url
+    if given:
+        args.catalog_url = catalog_source(given)[0]  # a SQLite file's path made a URL
     opts = options_from(args)
-    open_catalog(opts.catalog).dispose()
+    open_cli_catalog(given, create=create).dispose()
+    check_model(opts.model)
+    if opts.method is RetrieveMethod.MOVE:  # our storage SCP's port, free now
+        check_port(opts.local_ae(), opts.pacs_settings().host)
     return opts
+
+
+def check_model(model: str) -> None:
+    """A checkpoint given as the model must be a torch checkpoint: one line now, not a failure
+    of every series later (in the segment workers, which load it)."""
+    if model in ("auto", "classical", "sam2ct"):
+        return
+    from sam2ct.model.checkpoint import read_checkpoint
+
+    read_checkpoint(Path(model))  # FileNotFoundError, CheckpointError (a ValueError)
 
 
 def run_harvest(args: argparse.Namespace) -> int:
@@ -146,7 +156,6 @@ def run_harvest(args: argparse.Namespace) -> int:
     if args.end < args.start:
         raise ValueError(f"--to {args.end} is before --from {args.start}")
     opts = checked_options(args)  # before Prefect is imported: a bad catalog costs nothing
-    quiet_local_server()
     from flows.harvest import nightly_harvest
 
     quiet_libraries()
@@ -158,7 +167,6 @@ def run_harvest(args: argparse.Namespace) -> int:
 def run_backfill(args: argparse.Namespace) -> int:
     """Run ``backfill`` over ``--from..--to`` in ``--chunk-days`` windows."""
     opts = checked_options(args)
-    quiet_local_server()
     from flows.harvest import backfill
 
     quiet_libraries()

@@ -24,12 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_reconcile(args: argparse.Namespace) -> int:
     """Run the ``reconcile`` flow over ``--from..--to``; exit 1 when a window is still short
     (its discovery failed or did not add up, or its harvest had failures)."""
-    from flows.cli.harvest import checked_options, quiet_libraries, quiet_local_server
+    from flows.cli.harvest import checked_options, quiet_libraries
 
     if args.end < args.start:
         raise ValueError(f"--to {args.end} is before --from {args.start}")
-    opts = checked_options(args)  # before Prefect is imported: a bad catalog is one line
-    quiet_local_server()
+    # before Prefect is imported: a bad catalog is one line; it must exist (nothing to re-count)
+    opts = checked_options(args, create=False)
     from flows.reconcile import reconcile
 
     quiet_libraries()

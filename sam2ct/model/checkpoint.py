@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,9 +86,14 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint "
-                              f"({type(exc).__name__})") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - torch.load on any file raises anything:
+        # KeyError (a text file taken for a legacy pickle), UnpicklingError, RuntimeError (a
+        # zip that is not torch's), UnicodeDecodeError, EOFError...
+        raise CheckpointError(f"{path}: not a torch checkpoint (a file saved by torch.save, "
+                              f"e.g. the published SAM2CT .pt; torch.load raised "
+                              f"{type(exc).__name__})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise CheckpointError(f"{path}: not the published layout - expected a dict whose "
                               "'model' entry is a state dict")
