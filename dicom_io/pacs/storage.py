@@ -557,10 +557,14 @@ class StorageSCP:
         return self
 
     def stop(self) -> None:
-        """Stop listening and close open associations."""
+        """Stop listening and close open associations: nothing is staged once it returns (a
+        PACS slow to finish a C-MOVE would otherwise go on sending on its open association)."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+            server, self._server = self._server, None
+            server.shutdown()  # pynetdicom's: stops accepting, leaves associations open
+            for assoc in server.active_associations:
+                assoc.abort()
+                assoc.join(self.local.acse_timeout)
 
     def __enter__(self) -> StorageSCP:
         return self.start()
