@@ -181,7 +181,7 @@ def refuse_binary_on_terminal(fmt: str) -> None:
     one (a file or a pipe is fine, as with ``gzip -c``)."""
     from flows.cli import CommandError
 
-    if sys.stdout.isatty():
+    if _isatty(sys.stdout):
         raise CommandError(f"{fmt} is binary and stdout is a terminal: give --out FILE "
                            "(or redirect stdout to a file)")
 
