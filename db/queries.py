@@ -1,38 +1,64 @@
 """Researchers' queries: filters -> rows or a pandas DataFrame, and statistics.
 
+A segmentation's review score is its newest review row (re-scoring adds a row, see
+:func:`latest_reviews`); its quality flags are the automatic checks made when its mask was made
+(``sam2ct.quality``; NULL: made before the checks existed).
+
 Example
 -------
 >>> f = CatalogFilter(kind="line", min_volume_ml=1.0, since=date(2025, 1, 1), model="sam2ct")
 >>> frame = query_frame(engine, f)  # doctest: +SKIP
+>>> reviewed = CatalogFilter(review=("acceptable", "minor"), flagged=False)
+>>> acceptability(engine, reviewed)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, Select, String, func, select, type_coerce
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    String,
+    Subquery,
+    case,
+    func,
+    or_,
+    select,
+    type_coerce,
+)
 
 from db.models import (
     Annotation,
     Failure,
     HarvestRun,
     PresentationState,
+    Review,
     Segmentation,
     SegmentationSummary,
     Series,
     Study,
 )
-from db.records import RunStatus, SegStatus, Stage
+from db.records import ReviewScore, RunStatus, SegStatus, Stage
 from db.summary import month_key
+
+#: ``CatalogFilter.review`` value selecting segmentations nobody has scored yet
+UNREVIEWED = "none"
 
 
 @dataclass(frozen=True)
 class CatalogFilter:
-    """Which segmentations a query selects; ``None`` means no constraint. Dates are inclusive."""
+    """Which segmentations a query selects; ``None`` means no constraint. Dates are inclusive.
+
+    ``review``: latest review scores to keep (``ReviewScore`` values, and ``"none"`` for the
+    never reviewed), e.g. ``("acceptable", "minor")``. ``flagged``: True keeps segmentations with
+    at least one quality flag, False those checked with none (never-checked rows are neither).
+    """
 
     kind: str | None = None
     min_volume_ml: float | None = None
@@ -43,6 +69,8 @@ class CatalogFilter:
     status: SegStatus | None = None
     body_part: str | None = None
     study_instance_uid: str | None = None
+    review: tuple[str, ...] | None = None
+    flagged: bool | None = None
 
     def __post_init__(self) -> None:
         lo, hi = self.min_volume_ml, self.max_volume_ml
@@ -52,6 +80,22 @@ class CatalogFilter:
             raise ValueError(f"Invalid date range {self.since}..{self.until} - since after until")
         if self.status is not None:
             object.__setattr__(self, "status", SegStatus(self.status))
+        if self.review is not None:
+            object.__setattr__(self, "review", review_scores(self.review))
+
+
+def review_scores(values: Iterable[str] | str) -> tuple[str, ...]:
+    """Review filter values checked and in a fixed order: ``ReviewScore`` values and ``"none"``
+    (never reviewed); a comma-separated text is split. ValueError names an unknown value."""
+    if isinstance(values, str):
+        values = values.split(",")
+    allowed = [s.value for s in ReviewScore] + [UNREVIEWED]
+    chosen = {str(getattr(v, "value", v)).strip().lower() for v in values} - {""}
+    unknown = sorted(chosen - set(allowed))
+    if unknown or not chosen:
+        raise ValueError(f"Invalid review filter {', '.join(unknown) or 'value (empty)'} - "
+                         f"expected a comma list of {', '.join(allowed)}")
+    return tuple(v for v in allowed if v in chosen)
 
 
 @dataclass(frozen=True)
@@ -81,6 +125,18 @@ class SegmentationRow:
     gsps_sop_instance_uid: str
     annotation_index: int
     created_at: datetime | None
+    flag_count: int | None  # None: not checked (made before the checks existed, or failed)
+    quality_flags: list[dict] | None  # [{"code": ..., "reason": ...}]
+    review_score: str | None  # the latest review's score; None: not reviewed
+
+
+@cache
+def latest_reviews() -> Subquery:
+    """Each reviewed segmentation's newest review row (``segmentation_id``, ``score``): its
+    score; the older rows are its history."""
+    newest = select(func.max(Review.id)).group_by(Review.segmentation_id)
+    return (select(Review.segmentation_id, Review.score).where(Review.id.in_(newest))
+            .subquery("latest_review"))
 
 
 _COLUMNS = (
@@ -92,7 +148,19 @@ _COLUMNS = (
     Study.patient_pseudonym, Study.study_instance_uid, Study.study_date,
     Series.series_instance_uid, Series.body_part, Series.storage_path.label("series_path"),
     Segmentation.gsps_sop_instance_uid, Segmentation.annotation_index, Segmentation.created_at,
+    Segmentation.flag_count, Segmentation.quality_flags,
+    type_coerce(latest_reviews().c.score, String).label("review_score"),
 )
+
+
+def _review_condition(scores: tuple[str, ...]):
+    """The latest score is one of ``scores`` (``"none"``: no review yet)."""
+    score = latest_reviews().c.score
+    named = [s for s in scores if s != UNREVIEWED]
+    conditions = [score.in_(named)] if named else []
+    if UNREVIEWED in scores:
+        conditions.append(score.is_(None))
+    return or_(*conditions)
 
 
 def _where(stmt: Select, f: CatalogFilter) -> Select:
@@ -107,6 +175,8 @@ def _where(stmt: Select, f: CatalogFilter) -> Select:
         (f.status, lambda v: Segmentation.status == v),
         (f.body_part, lambda v: func.upper(Series.body_part) == v.upper()),
         (f.study_instance_uid, lambda v: Study.study_instance_uid == v),
+        (f.review, _review_condition),
+        (f.flagged, lambda v: Segmentation.flag_count > 0 if v else Segmentation.flag_count == 0),
     ]
     return stmt.where(*(make(value) for value, make in conditions if value is not None))
 
@@ -117,6 +187,7 @@ def _joined() -> Select:
     return (select(*_COLUMNS)
             .join(Series, Segmentation.series_id == Series.id)
             .join(Study, Series.study_id == Study.id)
+            .outerjoin(latest_reviews(), latest_reviews().c.segmentation_id == Segmentation.id)
             .order_by(Segmentation.study_date, Segmentation.id))
 
 
@@ -150,9 +221,9 @@ def query_frame(engine: Engine, f: CatalogFilter = CatalogFilter(),
 
 def summary_answers(f: CatalogFilter) -> bool:
     """True when the summary table answers :func:`stats` under ``f`` exactly: no volume, body
-    part or study constraint, and dates (if any) on whole study months."""
+    part, study, review or flag constraint, and dates (if any) on whole study months."""
     if any(v is not None for v in (f.min_volume_ml, f.max_volume_ml, f.body_part,
-                                   f.study_instance_uid)):
+                                   f.study_instance_uid, f.review, f.flagged)):
         return False
     starts_month = f.since is None or f.since.day == 1
     ends_month = f.until is None or f.until == date.max or (f.until + timedelta(days=1)).day == 1
@@ -196,10 +267,45 @@ def _segmentation_stats(f: CatalogFilter) -> Select:
                    func.count(), func.sum(Segmentation.volume_ml))
             .group_by(Segmentation.kind, Segmentation.model_name, Segmentation.status)
             .order_by(Segmentation.kind, Segmentation.model_name, Segmentation.status))
+    return _where(_joined_for(stmt, f), f)
+
+
+def _joined_for(stmt: Select, f: CatalogFilter) -> Select:
+    """``stmt`` over ``segmentation`` joined to the tables that ``f``'s constraints need."""
     if f.body_part is not None or f.study_instance_uid is not None:
         stmt = (stmt.join(Series, Segmentation.series_id == Series.id)
                 .join(Study, Series.study_id == Study.id))
-    return _where(stmt, f)
+    if f.review is not None:
+        stmt = stmt.outerjoin(latest_reviews(),
+                              latest_reviews().c.segmentation_id == Segmentation.id)
+    return stmt
+
+
+#: columns of :func:`acceptability`
+ACCEPTABILITY_COLUMNS = ("model_name", "model_version", "segmentations", "checked", "flagged",
+                         "reviewed", *(s.value for s in ReviewScore), "acceptability")
+
+
+def acceptability(engine: Engine, f: CatalogFilter = CatalogFilter()) -> pd.DataFrame:
+    """Per model and version under ``f``: segmentations, how many had their quality checked
+    and were flagged, how many are reviewed, each latest score's count, and the acceptability
+    rate (acceptable + minor edits) / reviewed, as the paper reports it (NaN: none reviewed).
+    """
+    score = latest_reviews().c.score
+    counts = [func.count(), func.count(Segmentation.flag_count),
+              func.count(case((Segmentation.flag_count > 0, 1))), func.count(score),
+              *(func.count(case((score == s.value, 1))) for s in ReviewScore)]
+    stmt = (select(Segmentation.model_name, Segmentation.model_version, *counts)
+            .outerjoin(latest_reviews(), latest_reviews().c.segmentation_id == Segmentation.id)
+            .group_by(Segmentation.model_name, Segmentation.model_version)
+            .order_by(Segmentation.model_name, Segmentation.model_version))
+    stmt = _where(_joined_for(stmt, replace(f, review=None)), f)
+    with _reading(engine) as conn:
+        rows = [tuple(row) for row in conn.execute(stmt)]
+    frame = pd.DataFrame(rows, columns=list(ACCEPTABILITY_COLUMNS[:-1]))
+    good = frame[ReviewScore.ACCEPTABLE.value] + frame[ReviewScore.MINOR_EDITS.value]
+    frame["acceptability"] = (good / frame["reviewed"].where(frame["reviewed"] > 0)).round(4)
+    return frame
 
 
 def table_counts(engine: Engine) -> dict[str, int]:

@@ -306,7 +306,11 @@ def _annotation_row(a: AnnotationRecord, ps_id: int, series_id: int) -> dict[str
 
 def _segmentation_row(s: SegmentationRecord, annotation_id: int, series_id: int,
                       kind: str) -> dict[str, Any]:
-    """The record's fields are the table's columns of the same names (bbox as a JSON list)."""
+    """The record's fields are the table's columns of the same names (bbox as a JSON list,
+    quality flags as a JSON list of ``{"code", "reason"}`` with their count)."""
     row = asdict(s)
     row["bbox"] = list(s.bbox) if s.bbox is not None else None
+    row["quality_flags"] = (None if s.quality_flags is None else
+                            [{"code": code, "reason": reason} for code, reason in s.quality_flags])
+    row["flag_count"] = s.flag_count
     return {"annotation_id": annotation_id, "series_id": series_id, "kind": kind, **row}

@@ -147,6 +147,13 @@ class SegmentationRecord:
     mean_hu: float | None = None
     preview_path: str | None = None
     reason: str | None = None
+    #: automatic quality flags as (code, reason) pairs (``sam2ct.quality``); None: not checked
+    quality_flags: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def flag_count(self) -> int | None:
+        """How many quality flags were raised; None when the mask was not checked."""
+        return None if self.quality_flags is None else len(self.quality_flags)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Segment one CT series from its presentation states: the one home of that business step.
 
     read each GSPS -> locate each annotation on the volume (once) -> prompts -> masks (the model)
-    -> measures (``sam2ct.geometry.measure_mask``) -> one SEG per GSPS + previews
+    -> measures (``sam2ct.geometry.measure_mask``) and quality flags (``sam2ct.quality``)
+    -> one SEG per GSPS + previews
     -> what became of every annotation (``AnnotationResult``) -> the catalog's records
 
 :func:`segment_series` serves ``sam2ct segment`` and the harvest's segment jobs
@@ -58,6 +59,7 @@ from dicom_io.seg import (
 from dicom_io.volume import Volume, read_series_facts
 from sam2ct.geometry import MaskMeasures, measure_mask
 from sam2ct.prompts import Prompt, PromptKind
+from sam2ct.quality import QualityFlag, quality_flags
 from sam2ct.registry import Choice
 
 log = logging.getLogger(__name__)
@@ -137,11 +139,14 @@ class AnnotationResult:
         measures = {k: getattr(seg, k) if tried else None for k in (
             "seg_path", "seg_sop_instance_uid", "segment_number", "preview_path", "voxels",
             "volume_ml", "long_axis_mm", "short_axis_mm", "bbox", "mean_hu")}
+        flags = None if seg is None or seg.quality_flags is None else [
+            {"code": code, "reason": reason} for code, reason in seg.quality_flags]
         return {"gsps_sop_instance_uid": ann.gsps_sop_instance_uid,
                 "annotation_index": ann.index, "kind": ann.kind.value,
                 "gsps_file": self.gsps_file,
                 "slice_index": self.located.slice_index if tried else None,
                 "status": self.status.value, "reason": self.reason, **measures,
+                "quality_flags": flags, "flag_count": None if flags is None else len(flags),
                 "length_mm": ann.length_mm if tried else None, "seconds": self.seconds}
 
 
@@ -248,12 +253,13 @@ def segment_series(volume: Volume, parsed: Sequence[ParsedGsps], choice: Choice,
 
 @dataclass(frozen=True)
 class _Prompted:
-    """An annotation that became a prompt, and then a mask with its measures."""
+    """An annotation that became a prompt, and then a mask with its measures and flags."""
 
     located: LocatedAnnotation
     prompt: Prompt
     mask: np.ndarray | None = None
     measures: MaskMeasures | None = None
+    flags: tuple[QualityFlag, ...] = ()
 
 
 #: every annotation kind but text is a prompt kind of the same value (a test holds them so)
@@ -288,7 +294,9 @@ def _segment_gsps(run: SeriesRun, gsps: ParsedGsps, choice: Choice,
     for item, mask in zip(todo, masks, strict=True):
         if mask.any():
             measures = measure_mask(mask, run.volume.spacing, run.volume.array)
-            kept.append(_Prompted(item.located, item.prompt, mask, measures))
+            flags = quality_flags(mask, run.volume.spacing, item.prompt, measures,
+                                  run.volume.array)
+            kept.append(_Prompted(item.located, item.prompt, mask, measures, tuple(flags)))
         else:
             results += _failed(run, [item], gsps, EMPTY_MASK, seconds)
     if kept:
@@ -366,7 +374,8 @@ def _write_outputs(run: SeriesRun, kept: list[_Prompted], gsps: ParsedGsps, out_
             seg_sop_instance_uid=seg_path.stem, segment_number=number, seg_path=str(seg_path),
             voxels=m.voxels, volume_ml=m.volume_ml, long_axis_mm=m.long_axis_mm or None,
             short_axis_mm=m.short_axis_mm or None, bbox=m.bbox, mean_hu=m.mean_hu,
-            preview_path=str(png))
+            preview_path=str(png),
+            quality_flags=tuple((f.code.value, f.reason) for f in k.flags))
         results.append(AnnotationResult(located=k.located, gsps_file=str(gsps.path),
                                         status=SegStatus.OK, segmentation=row,
                                         seconds=seconds))
