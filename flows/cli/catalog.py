@@ -28,9 +28,9 @@ KINDS = tuple(k.value for k in AnnotationKind if k is not AnnotationKind.TEXT)
 #: Segmentation statuses a row can have (db.records.SegStatus but ``skipped``: never a row).
 STATUSES = ("ok", "failed", "needs-review")
 #: The columns of ``catalog query`` a person reads first: they lead a terminal table.
-QUERY_FIRST = ("segmentation_id", "study_date", "kind", "status", "model_name", "volume_ml",
-               "long_axis_mm", "short_axis_mm", "study_instance_uid", "series_instance_uid",
-               "seg_path")
+QUERY_FIRST = ("segmentation_id", "study_date", "kind", "status", "flag_count", "review_score",
+               "model_name", "volume_ml", "long_axis_mm", "short_axis_mm", "study_instance_uid",
+               "series_instance_uid", "seg_path")
 #: Rows a terminal table shows unless ``--limit`` or ``--all`` says otherwise (a catalog may hold
 #: millions; files written as csv/json/parquet get every row).
 TABLE_PAGE = 50
@@ -56,7 +56,25 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"status, any case: {', '.join(STATUSES)}")
     g.add_argument("--body-part", metavar="P", help="BodyPartExamined, e.g. CHEST")
     g.add_argument("--study", metavar="UID", help="one StudyInstanceUID")
+    g.add_argument("--review", type=_review_scores, metavar="SCORES",
+                   help="latest review score, a comma list of acceptable, minor, major, "
+                        "unusable, none (never reviewed); e.g. acceptable,minor")
+    flags = g.add_mutually_exclusive_group()
+    flags.add_argument("--no-flags", dest="flagged", action="store_false", default=None,
+                       help="only segmentations whose automatic quality checks raised no flag")
+    flags.add_argument("--flagged", dest="flagged", action="store_true", default=None,
+                       help="only segmentations with at least one quality flag")
     add_catalog_argument(parser)
+
+
+def _review_scores(text: str) -> tuple[str, ...]:
+    """``--review`` text -> checked scores (argparse reports a bad one in one line)."""
+    from db.queries import review_scores
+
+    try:
+        return review_scores(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def filter_from_args(args: argparse.Namespace):
@@ -66,7 +84,8 @@ def filter_from_args(args: argparse.Namespace):
     return CatalogFilter(kind=args.kind, min_volume_ml=args.min_volume,
                          max_volume_ml=args.max_volume, since=args.since, until=args.until,
                          model=args.model, status=args.status, body_part=args.body_part,
-                         study_instance_uid=args.study)
+                         study_instance_uid=args.study, review=args.review,
+                         flagged=args.flagged)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -128,23 +147,30 @@ def _row_limit(args: argparse.Namespace) -> int | None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    """Print counts per (kind, model, status), table totals and open failures by stage."""
+    """Print counts per (kind, model, status), the acceptability rate per model and version
+    (table and JSON formats), table totals and open failures by stage."""
     from db import stats
-    from db.queries import failures_by_stage, table_counts
+    from db.queries import acceptability, failures_by_stage, table_counts
 
     _check_output(args)
     engine = open_cli_catalog(args.catalog, create=False)  # never creates one
     try:
-        frame = stats(engine, filter_from_args(args))
+        where = filter_from_args(args)
+        frame, reviewed = stats(engine, where), acceptability(engine, where)
         counts, failures = table_counts(engine), failures_by_stage(engine)
     finally:
         engine.dispose()
     if args.format == "json":
-        document = {"groups": json.loads(frame.to_json(orient="records")), "tables": counts,
-                    "open_failures_by_stage": failures}
+        document = {"groups": json.loads(frame.to_json(orient="records")),
+                    "acceptability": json.loads(reviewed.to_json(orient="records")),
+                    "tables": counts, "open_failures_by_stage": failures}
         _write_text(json.dumps(document, indent=2) + "\n", args.out)
         return 0
     _emit(frame, args.format, args.out, wide=args.wide)
+    if args.format == "table" and args.out is None:
+        print("\nreviews and quality flags per model (acceptability: (acceptable + minor) / "
+              "reviewed)")
+        _emit(reviewed, "table", None)
     if args.format == "table":
         print("tables: " + ", ".join(f"{k}={v}" for k, v in counts.items()), file=sys.stderr)
         print("open failures: " + (", ".join(f"{k}={v}" for k, v in failures.items()) or "none"),
