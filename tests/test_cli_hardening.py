@@ -207,8 +207,8 @@ def test_catalog_table_escapes_control_characters(tmp_path: Path, capsys) -> Non
     Recorder(engine).record_series_results(
         series_results(1, body_part="CHEST\x1b[2J", model="evil\nINFO forged"))
     engine.dispose()
-    assert main(["catalog", "query", "--catalog", url, "--format", "table"]) == 0
-    table = capsys.readouterr().out
+    assert main(["catalog", "query", "--catalog", url, "--format", "table", "--wide"]) == 0
+    table = capsys.readouterr().out  # --wide: every column, whatever the terminal's width
     assert "evil\\nINFO forged" in table and "\x1b" not in table
     assert not any(line.startswith("INFO forged") for line in table.splitlines())
     assert main(["catalog", "query", "--catalog", url, "--format", "json"]) == 0
