@@ -12,17 +12,22 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
+import pydicom
 import pytest
 from conftest import free_port, shared
-from pacs_peers import OUR_AET, OrthancPeer, PeerStudy, QrscpPeer, make_corpus
+from pacs_peers import OUR_AET, OrthancPeer, QrscpPeer, make_corpus, scaled
 
-from dicom_io.pacs import LocalAE, PacsSettings, QueryLevel, find, store_files
+from dicom_io.pacs import LocalAE, PacsSettings, QueryLevel, Timeouts, find, store_files
 
 
 def wait_for(holds: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    """Poll ``holds`` until it is true; raise naming ``what`` after ``timeout`` seconds."""
+    """Poll ``holds`` until it is true; raise naming ``what`` after ``timeout`` seconds (as
+    long again for each core's worth of load on the machine)."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while not holds():
         if time.monotonic() > deadline:
@@ -36,16 +41,28 @@ def orthanc_loaded(peer: OrthancPeer, instances: int) -> None:
              f"Orthanc indexing {instances} instances")
 
 
-def qrscp_loaded(peer: QrscpPeer, local: LocalAE, studies: Iterable[PeerStudy]) -> None:
-    """Wait until dcmqrscp's C-FIND lists every instance of each of ``studies``."""
+def qrscp_lists(peer: QrscpPeer, local: LocalAE, instances: dict[str, int]) -> None:
+    """Wait until dcmqrscp's C-FIND lists ``instances[study_uid]`` instances of each study."""
     pacs = PacsSettings.parse(peer.address, max_rate=100.0)
 
-    def listed(study: PeerStudy) -> bool:
-        keys = {"StudyInstanceUID": study.study_uid}
-        return len(find(pacs, local, QueryLevel.IMAGE, keys).matches) == len(study.files)
+    def listed(study_uid: str) -> bool:
+        keys = {"StudyInstanceUID": study_uid}
+        return len(find(pacs, local, QueryLevel.IMAGE, keys).matches) == instances[study_uid]
 
-    for study in studies:
-        wait_for(lambda s=study: listed(s), f"dcmqrscp listing study {study.study_uid}")
+    for study_uid in instances:
+        wait_for(lambda s=study_uid: listed(s), f"dcmqrscp listing study {study_uid}")
+
+
+def load_qrscp(peer: QrscpPeer, local: LocalAE, files: list[Path]) -> None:
+    """C-STORE ``files`` into dcmqrscp (timeouts stretched on a loaded machine), then wait
+    until its C-FIND lists every one of them."""
+    timeouts = Timeouts(acse=scaled(30.0), dimse=scaled(60.0), network=scaled(60.0),
+                        connect=scaled(10.0))
+    report = store_files(PacsSettings.parse(peer.address, timeouts=timeouts), local, files)
+    assert report.ok and report.stored == len(files), report.failed
+    studies = Counter(str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID)
+                      for f in files)
+    qrscp_lists(peer, local, dict(studies))
 
 
 @pytest.fixture(scope="session")
@@ -76,9 +93,7 @@ def qrscp(tmp_path_factory, corpus, local):
         pytest.skip("dcmqrscp (Debian package dcmtk) is not installed")
     peer = QrscpPeer(tmp_path_factory.mktemp("qrscp"), free_port(), OUR_AET,
                      local.store_port).start()
-    report = store_files(PacsSettings.parse(peer.address), local, corpus.files)
-    assert report.ok and report.stored == len(corpus.files)
-    qrscp_loaded(peer, local, corpus.all)
+    load_qrscp(peer, local, corpus.files)
     yield peer
     peer.stop()
 

@@ -25,7 +25,21 @@ ORTHANC_AET = "ORTHANC"
 QRSCP_AET = "QRSCP"
 
 
+def machine_slowness() -> float:
+    """How many times slower than idle this machine runs now: its 1-minute load average per
+    core, at least 1. CI machines are not always idle: on 2 cores at load 8, 4."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+def scaled(seconds: float) -> float:
+    """``seconds``, a timeout that holds on an idle machine, stretched by
+    :func:`machine_slowness` (a timeout a test provokes, not a state it waits for: those are
+    polled)."""
+    return seconds * machine_slowness()
+
+
 def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 20.0) -> None:
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -75,7 +89,8 @@ class OrthancPeer:
             "DicomAlwaysAllowStore": False, "DicomAlwaysAllowFind": False,
             "DicomAlwaysAllowGet": False, "DicomAlwaysAllowMove": False,
             "LimitFindResults": self.limit_find_results, "LimitFindInstances": 0,
-            "StorageCompression": False, "DicomScuTimeout": 10, "DicomScpTimeout": 30,
+            "StorageCompression": False, "DicomScuTimeout": round(scaled(10)),
+            "DicomScpTimeout": round(scaled(30)),
             "SynchronousCMove": True, "HttpDescribeErrors": True, "DeidentifyLogs": True,
             "SaveJobs": False, "StableAge": 1, **self.extra,
         }

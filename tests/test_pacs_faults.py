@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import dciodvfy_errors, free_port
-from pacs_peers import OUR_AET, payload
+from pacs_peers import OUR_AET, payload, scaled
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
@@ -135,9 +135,23 @@ def test_pacs_killed_mid_move_then_resumed(fresh_orthanc, local, corpus, tmp_pat
     _assert_identical(staging, study.ct_files)
 
 
+def _associations_on(port: int) -> list:
+    """Associations this process has accepted on ``port`` that are still open."""
+    from pynetdicom.association import Association
+
+    return [t for t in threading.enumerate() if isinstance(t, Association) and t.is_alive()
+            and t.is_acceptor and t.local["port"] == port]
+
+
 def test_dimse_timeout_then_resume(fresh_orthanc, local, corpus, tmp_path) -> None:
+    """Orthanc frozen (SIGSTOP) after its first instance: our C-MOVE ends on its DIMSE timeout
+    with that instance; a C-GET then brings the two missing. The timeouts are stretched on a
+    loaded machine (Orthanc must not seem frozen before it is). Our SCP, once stopped, has
+    closed Orthanc's storage association: thawed, Orthanc cannot send the next instance on it
+    (pynetdicom's shutdown alone left it open: on a loaded machine it was staged)."""
     study = corpus.a
-    pacs = _pacs(fresh_orthanc, timeouts=Timeouts(dimse=1.5, network=3.0, acse=5.0))
+    pacs = _pacs(fresh_orthanc, timeouts=Timeouts(dimse=scaled(1.5), network=scaled(3.0),
+                                                  acse=scaled(5.0)))
     expected = find_instances(pacs, local, study.study_uid, study.ct_series_uid)
 
     def freeze_after_first(delivery) -> None:
@@ -146,9 +160,10 @@ def test_dimse_timeout_then_resume(fresh_orthanc, local, corpus, tmp_path) -> No
 
     staging = tmp_path / "staging"
     with StorageSCP(local, staging, extra_callers=[fresh_orthanc.aet],
-                    on_delivery=freeze_after_first, network_timeout=3.0) as scp:
+                    on_delivery=freeze_after_first, network_timeout=scaled(3.0)) as scp:
         first = retrieve(pacs, local, staging, study.study_uid, study.ct_series_uid,
                          expected=expected, scp=scp, attempts=1)
+    assert not _associations_on(local.store_port)
     os.kill(fresh_orthanc.proc.pid, signal.SIGCONT)
     assert "DIMSE timeout" in first.errors[0]
     assert first.received == len(_staged(staging)) == 1 and len(first.missing) == 2
@@ -315,7 +330,7 @@ def test_tls_association(local, tmp_path) -> None:
             echo(untrusted, local)
         with pytest.raises(PacsError):  # plain DICOM to a TLS port does not get through
             echo(PacsSettings("TLSPACS", "127.0.0.1", port, backoff=QUICK,
-                              timeouts=Timeouts(acse=2.0, network=2.0)), local)
+                              timeouts=Timeouts(acse=scaled(2.0), network=scaled(2.0))), local)
     finally:
         server.shutdown()
 

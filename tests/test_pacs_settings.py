@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from pacs_peers import scaled
 
 from dicom_io.pacs import (
     Backoff,
@@ -111,7 +112,7 @@ def test_backoff_grows_and_is_capped() -> None:
 
 def test_gate_caps_concurrency() -> None:
     gate = Gate(max_associations=2, max_rate=1000.0)
-    inside = threading.Barrier(2, timeout=5)
+    inside = threading.Barrier(2, timeout=scaled(5.0))
 
     def work() -> None:
         with gate.slot():

@@ -23,7 +23,6 @@ from dicom_io.pacs import (
     QueryLevel,
     find,
     find_studies,
-    store_files,
 )
 from dicom_io.pacs.query import _tm
 
@@ -60,6 +59,8 @@ def _files(tmp_path_factory, studies):
 @pytest.fixture(scope="module", params=["orthanc", "dcmqrscp"])
 def limited(request, tmp_path_factory, studies, local) -> PacsSettings:
     """A PACS holding ``studies`` whose C-FIND results are limited to 2 (by it, or by us)."""
+    from pacs_fixtures import load_qrscp  # a plugin of this module: imported once registered
+
     files = _files(tmp_path_factory, studies)
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "orthanc":
@@ -73,7 +74,7 @@ def limited(request, tmp_path_factory, studies, local) -> PacsSettings:
         if shutil.which("dcmqrscp") is None:
             pytest.skip("dcmqrscp (Debian package dcmtk) is not installed")
         peer = QrscpPeer(folder, free_port(), OUR_AET, local.store_port).start()
-        assert store_files(PacsSettings.parse(peer.address), local, files).ok
+        load_qrscp(peer, local, files)
         pacs = PacsSettings.parse(peer.address, max_rate=200.0, result_limit=2)
     yield pacs
     peer.stop()

@@ -13,7 +13,7 @@ import pytest
 from pacs_peers import payload
 
 from dicom_io.gsps import read_target
-from dicom_io.pacs import PacsSettings, discover_gsps, retrieve, staged_path, store_files
+from dicom_io.pacs import PacsSettings, discover_gsps, retrieve, staged_path
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["pacs_fixtures"]  # fixtures: corpus, local, orthanc, qrscp, peer
@@ -22,6 +22,8 @@ START = dt.date(2025, 6, 1)  # clear of the corpus's 2026 dates
 
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory, orthanc, qrscp, local) -> dict:
+    from pacs_fixtures import load_qrscp  # a plugin of this module: imported once registered
+
     from dicom_io.synth import make_studies
 
     out = tmp_path_factory.mktemp("synth")
@@ -29,7 +31,7 @@ def synth(tmp_path_factory, orthanc, qrscp, local) -> dict:
                                        start_date=START).read_text())
     files = [p for p in out.rglob("*.dcm") if p.parent.name in ("ct", "gsps")]
     orthanc.upload(files)
-    assert store_files(PacsSettings.parse(qrscp.address), local, files).ok
+    load_qrscp(qrscp, local, files)
     return {"out": out, "studies": manifest["studies"]}
 
 
