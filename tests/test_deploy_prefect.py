@@ -104,6 +104,24 @@ def test_code_directory_is_where_flows_are_imported_from(monkeypatch, tmp_path):
         deployment.code_directory()
 
 
+@pytest.mark.slow
+def test_code_directory_in_an_images_install(tmp_path):
+    """The images install the project with `pip install .`, not editable: the pull step then
+    enters that install, where Prefect finds the deployments' entrypoints."""
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(site), str(REPO)],
+                   check=True, capture_output=True, timeout=600)
+    code = ("from flows.deployment import code_directory; print(code_directory()['directory'])\n"
+            "from prefect.flows import load_flow_from_entrypoint\n"
+            "print(load_flow_from_entrypoint('flows/segment_flow.py:segment_batch').name)")
+    env = {k: v for k, v in os.environ.items() if k != "SAM2CT_CODE_DIR"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={**env, "PYTHONPATH": str(site)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(site), "segment-batch"]
+
+
 # --- the GPU pool's Kubernetes job --------------------------------------------------------------
 
 def _pod(manifest: dict) -> dict:
