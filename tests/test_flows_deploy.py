@@ -29,7 +29,15 @@ def test_prefect_yaml_names_pools_schedule_and_entrypoints():
     by_name = {d["name"]: d for d in doc["deployments"]}
     nightly = by_name["nightly-harvest"]
     assert nightly["schedules"][0]["cron"] == "0 1 * * *"
-    assert "timezone" in nightly["schedules"][0]
+    # the timezone comes from the build step (SAM2CT_TIMEZONE, else UTC said out loud), and
+    # each run starts where the worker's Python has flows/ (tests/test_deploy_prefect.py)
+    assert doc["build"] == [{"flows.deployment.schedule_timezone": {"id": "schedule"}}]
+    assert doc["pull"] == [{"flows.deployment.code_directory": {}}]
+    assert all(s["timezone"] == "{{ schedule.timezone }}"
+               for d in doc["deployments"] for s in d.get("schedules", []))
+    for step in doc["build"] + doc["pull"]:
+        module, _, name = next(iter(step)).rpartition(".")
+        assert callable(getattr(__import__(module, fromlist=[name]), name)), step
     assert nightly["concurrency_limit"] == 1
     assert nightly["work_pool"]["name"] == "cpu"
     assert by_name["segment"]["work_pool"]["name"] == "gpu"
