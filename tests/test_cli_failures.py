@@ -263,8 +263,9 @@ def test_a_file_that_is_no_checkpoint_is_one_line(synth_dir: Path, tmp_path: Pat
     for result in (segment, harvest):
         line = one_error_line(result)
         assert result.returncode == 2
-        assert line.endswith(f"{notes}: not a torch checkpoint (a file saved by torch.save, "
-                             "e.g. the published SAM2CT .pt; torch.load raised KeyError)"), line
+        assert line.endswith(f"{notes}: not a readable torch checkpoint (a file saved by "
+                             "torch.save, e.g. the published SAM2CT .pt; torch.load raised "
+                             "KeyError)"), line
     assert not (tmp_path / "prefect").exists()
 
 

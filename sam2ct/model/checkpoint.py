@@ -91,8 +91,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - torch.load on any file raises anything:
         # KeyError (a text file taken for a legacy pickle), UnpicklingError, RuntimeError (a
         # zip that is not torch's), UnicodeDecodeError, EOFError...
-        raise CheckpointError(f"{path}: not a torch checkpoint (a file saved by torch.save, "
-                              f"e.g. the published SAM2CT .pt; torch.load raised "
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (a file saved by "
+                              "torch.save, e.g. the published SAM2CT .pt; torch.load raised "
                               f"{type(exc).__name__})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise CheckpointError(f"{path}: not the published layout - expected a dict whose "
