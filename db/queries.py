@@ -216,7 +216,9 @@ def query_frame(engine: Engine, f: CatalogFilter = CatalogFilter(),
     names = [field.name for field in fields(SegmentationRow)]
     with _reading(engine) as conn:  # plain tuples straight into the frame: no row objects
         rows = conn.execute(select_segmentations(f, limit)).all()
-    return pd.DataFrame([tuple(row) for row in rows], columns=names)
+    frame = pd.DataFrame([tuple(row) for row in rows], columns=names)
+    frame["flag_count"] = frame["flag_count"].astype("Int64")  # NULL (not checked) stays NA
+    return frame
 
 
 def summary_answers(f: CatalogFilter) -> bool:
