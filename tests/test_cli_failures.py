@@ -162,28 +162,40 @@ class DroppingPeer:
         self.sock.close()
 
 
+#: What a harvest's error line says of a PACS nobody listens for, and of one that drops us.
+HARVEST_LINES = {
+    "dead port": "cannot connect (not listening there); check its host and port (SAM2CT_PACS "
+                 "or --pacs AET@host:port), that it runs, and that no firewall stands between "
+                 "us",
+    "drops us": "association not established (aborted, ACSE timeout or no acceptable "
+                "presentation context); ask the PACS administrator whether our AE title SAM2CT "
+                "on this host is on its list of DICOM modalities",
+}
+
+
 @pytest.mark.slow
-def test_harvest_against_a_pacs_that_drops_us_tries_once_per_backoff_attempt(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("pacs", HARVEST_LINES)
+def test_harvest_against_an_unreachable_pacs_is_one_line(pacs: str, tmp_path: Path) -> None:
     """The retries of a task and of its associations used to multiply (12 connections, 70 s,
-    434 lines with 5 tracebacks): now the one policy makes Backoff().attempts connections."""
-    peer = DroppingPeer()
+    434 lines with 5 tracebacks): now the one policy makes Backoff().attempts connections
+    (counted where the PACS accepts and drops them)."""
+    peer = DroppingPeer() if pacs == "drops us" else None
+    port = peer.port if peer else free_port()
     try:
-        result = run("harvest", *WINDOW, "--pacs", f"PACS@127.0.0.1:{peer.port}",
+        result = run("harvest", *WINDOW, "--pacs", f"PACS@127.0.0.1:{port}",
                      "--catalog", str(tmp_path / "c.sqlite"), "--staging",
                      str(tmp_path / "staging"), "--out", str(tmp_path / "seg"),
                      env={"PREFECT_HOME": str(tmp_path / "prefect"),
                           "SAM2CT_STORE_PORT": str(free_port())})
     finally:
-        peer.close()
+        if peer:
+            peer.close()
     lines = stderr_lines(result)
-    assert result.returncode == 1 and peer.connections == Backoff().attempts
+    attempts = Backoff().attempts
+    assert result.returncode == 1 and (peer is None or peer.connections == attempts)
     assert all(line.startswith("INFO ") for line in lines[:-1]) and len(lines) <= 2, lines
-    assert lines[-1] == (
-        f"sam2ct harvest: error: PACS PACS@127.0.0.1:{peer.port}: association not established "
-        "(aborted, ACSE timeout or no acceptable presentation context); ask the PACS "
-        "administrator whether our AE title SAM2CT on this host is on its list of DICOM "
-        f"modalities (gave up after {Backoff().attempts} attempts)")
+    assert lines[-1] == (f"sam2ct harvest: error: PACS PACS@127.0.0.1:{port}: "
+                         f"{HARVEST_LINES[pacs]} (gave up after {attempts} attempts)")
     assert "telemetry" not in result.stderr.lower() and "analytics" not in result.stderr
 
 
