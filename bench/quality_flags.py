@@ -15,8 +15,12 @@ Segments lesions with the classical model from simulated prompts (line, bidirect
 
 The cases are cached (``--cache``, JSON lines), so a re-run only re-calibrates. Run:
 
-    .venv/bin/python bench/quality_flags.py [--calibration-seeds 101,102,103]
-        [--test-seeds 201,202,203] [--size 256] [--arrows 2] [--no-lung1] [--cache FILE]
+    .venv/bin/python bench/quality_flags.py [--calibration-seeds 101,...,124]
+        [--test-seeds 201,...,224] [--size 256] [--arrows 3] [--max-false-flags 0.2]
+        [--no-lung1] [--cache FILE]
+
+(about 5 minutes on two cores; the LUNG1 table of the README and the issue note used
+``--calibration-seeds '' --test-seeds '' --arrows 6``, 24 masks, under a minute once loaded).
 """
 
 from __future__ import annotations
@@ -216,12 +220,12 @@ def table(title: str, rows: list[dict], t: QualityThresholds) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calibration-seeds", default="101,102,103")
-    parser.add_argument("--test-seeds", default="201,202,203")
+    parser.add_argument("--calibration-seeds", default=",".join(map(str, range(101, 125))))
+    parser.add_argument("--test-seeds", default=",".join(map(str, range(201, 225))))
     parser.add_argument("--size", type=int, default=256, help="synthetic slice size (pixels)")
-    parser.add_argument("--arrows", type=int, default=2, help="arrow directions per lesion")
+    parser.add_argument("--arrows", type=int, default=3, help="arrow directions per lesion")
     parser.add_argument("--slices", type=int, default=3, help="slices per line / bidirectional")
-    parser.add_argument("--max-false-flags", type=float, default=0.1,
+    parser.add_argument("--max-false-flags", type=float, default=0.2,
                         help="calibration: largest share of Dice >= 0.7 masks flagged")
     parser.add_argument("--no-lung1", action="store_true")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/sam2ct-quality-cases.jsonl"))
