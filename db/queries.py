@@ -1,8 +1,8 @@
 """Researchers' queries: filters -> rows or a pandas DataFrame, and statistics.
 
 A segmentation's review score is its newest review row (re-scoring adds a row, see
-:func:`latest_reviews`); its quality flags are the automatic checks made when its mask was made
-(``sam2ct.quality``; NULL: made before the checks existed).
+:func:`db.reviews.latest_reviews`); its quality flags are the automatic checks made when its
+mask was made (``sam2ct.quality``; NULL: made before the checks existed).
 
 Example
 -------
@@ -25,7 +25,6 @@ from sqlalchemy import (
     Engine,
     Select,
     String,
-    Subquery,
     case,
     func,
     or_,
@@ -38,13 +37,13 @@ from db.models import (
     Failure,
     HarvestRun,
     PresentationState,
-    Review,
     Segmentation,
     SegmentationSummary,
     Series,
     Study,
 )
 from db.records import ReviewScore, RunStatus, SegStatus, Stage
+from db.reviews import latest_reviews
 from db.summary import month_key
 
 #: ``CatalogFilter.review`` value selecting segmentations nobody has scored yet
@@ -128,15 +127,6 @@ class SegmentationRow:
     flag_count: int | None  # None: not checked (made before the checks existed, or failed)
     quality_flags: list[dict] | None  # [{"code": ..., "reason": ...}]
     review_score: str | None  # the latest review's score; None: not reviewed
-
-
-@cache
-def latest_reviews() -> Subquery:
-    """Each reviewed segmentation's newest review row (``segmentation_id``, ``score``): its
-    score; the older rows are its history."""
-    newest = select(func.max(Review.id)).group_by(Review.segmentation_id)
-    return (select(Review.segmentation_id, Review.score).where(Review.id.in_(newest))
-            .subquery("latest_review"))
 
 
 _COLUMNS = (
