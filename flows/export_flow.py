@@ -50,16 +50,23 @@ def export_dataset(out: str, fmt: ExportFormat = ExportFormat.NIFTI, kind: str |
                    min_volume_ml: float | None = None, max_volume_ml: float | None = None,
                    since: dt.date | None = None, until: dt.date | None = None,
                    model: str | None = None, status: str | None = None,
-                   body_part: str | None = None, deidentify: bool = False,
+                   body_part: str | None = None, review: list[str] | None = None,
+                   flagged: bool | None = None, deidentify: bool = False,
                    split: list[float] | None = None, seed: int = 0, force: bool = False,
                    nnunet_dataset: str = DEFAULT_DATASET, catalog_url: str | None = None) -> dict:
-    """Export a catalog query to ``out`` as ``fmt``; publish a small result table."""
+    """Export a catalog query to ``out`` as ``fmt``; publish a small result table.
+
+    ``review`` keeps the latest review scores named (e.g. ``["acceptable", "minor"]``, ``"none"``
+    for never reviewed); ``flagged`` True keeps flagged segmentations, False those checked with
+    no quality flag (as ``sam2ct export --review ... --flagged/--no-flags``).
+    """
     escape_logs()  # Prefect configured logging: control characters in our log lines escaped
     remove_stale_temps(out)  # what a killed export's writers left
     url = catalog_url or Settings().catalog_url
     where = CatalogFilter(kind=kind, min_volume_ml=min_volume_ml, max_volume_ml=max_volume_ml,
                           since=since, until=until, model=model, status=status,
-                          body_part=body_part)
+                          body_part=body_part, review=tuple(review) if review else None,
+                          flagged=flagged)
     result = export_cases(url, out, ExportFormat(fmt), where, deidentify, split or [1.0], seed,
                           force, nnunet_dataset)
     first_failure = result.pop("first_failure")  # may name a path: kept out of the artifact

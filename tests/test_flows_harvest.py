@@ -416,6 +416,16 @@ def test_shared_gsps_harvested_per_series_then_exported(harness, orthanc, two_se
         if fmt == "nnunet":
             assert json.loads((out / raw / "dataset.json").read_text())["numTraining"] == 2
 
+    # reviewed datasets: the flow keeps only the series whose segmentation was scored acceptable
+    from db.queries import query_rows
+    from db.reviews import record_review
+
+    first = min(query_rows(engine), key=lambda r: r.segmentation_id)
+    record_review(engine, first.segmentation_id, "acceptable", "dr-test")
+    result = export_dataset(out=str(tmp_path / "reviewed"), fmt="nifti", catalog_url=pg_url,
+                            review=["acceptable"], flagged=None)
+    assert (result["cases"], result["written"]) == (1, 1), result
+
 
 def test_segment_deployment_runs_batches_on_a_process_worker(harness, orthanc, two_series,
                                                              store_port, pg_url, tmp_path):
