@@ -170,7 +170,7 @@ def run_stats(args: argparse.Namespace) -> int:
     if args.format == "table" and args.out is None:
         print("\nreviews and quality flags per model (acceptability: (acceptable + minor) / "
               "reviewed)")
-        _emit(reviewed, "table", None)
+        _emit(reviewed, "table", None, wide=args.wide)
     if args.format == "table":
         print("tables: " + ", ".join(f"{k}={v}" for k, v in counts.items()), file=sys.stderr)
         print("open failures: " + (", ".join(f"{k}={v}" for k, v in failures.items()) or "none"),
