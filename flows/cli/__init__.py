@@ -34,7 +34,7 @@ Start here:
   sam2ct pacs echo                             check the link to your PACS (SAM2CT_PACS)
   sam2ct harvest --from 2026-01-05 --to 2026-01-05
   sam2ct catalog query --kind line --min-volume 1
-  sam2ct export --format nnunet --out Dataset501_Lesions --kind line
+  sam2ct export --format nnunet --out nnunet --kind line
 
 Every command has --help. Settings, deployment and more examples: the README (README.md
 beside the source). Shell completion: eval "$(sam2ct completion bash)".
