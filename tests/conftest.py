@@ -1,4 +1,5 @@
-"""Shared fixtures: real data paths, DICOM validation with dciodvfy, free loopback ports."""
+"""Shared fixtures: real data paths, DICOM validation with dciodvfy, free loopback ports, fresh
+PostgreSQL databases."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ import os
 import shutil
 import socket
 import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SAM2CT_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: the test server's admin database (trust auth on loopback, see the README)
+PG_ADMIN = os.environ.get("SAM2CT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def shared(relative: str) -> Path:
@@ -51,6 +57,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database: yields its SQLAlchemy URL, drops it (``WITH FORCE``)
+    afterwards. The test skips, naming the server, when PostgreSQL is not reachable."""
+    import psycopg
+
+    dsn = PG_ADMIN.replace("+psycopg", "")
+    try:
+        admin = psycopg.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as e:
+        pytest.skip(f"PostgreSQL at {dsn} not reachable: {e}")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 @pytest.fixture(scope="session")

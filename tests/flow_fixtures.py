@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
+from conftest import fresh_pg_database
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +37,8 @@ def harness(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture()
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
-    import psycopg
-
-    name = f"flows_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     from flows.segment_jobs import catalog_engine
 
-    catalog_engine.cache_clear()
-    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
+    with fresh_pg_database("flows") as url:
+        yield url
+        catalog_engine.cache_clear()

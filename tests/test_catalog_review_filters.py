@@ -4,14 +4,13 @@ the automatic quality flags, on SQLite and the real PostgreSQL."""
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, insert, select, text
+from conftest import fresh_pg_database
+from sqlalchemy import insert, select, text
 
 from db import CatalogFilter, Recorder, open_catalog, query_frame, query_rows, stats
 from db.models import Review, Segmentation
@@ -26,7 +25,6 @@ from db.records import (
 )
 from flows.cli import main
 
-PG_ADMIN = os.environ.get("SAM2CT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 VOLUME = ("volume", "volume 27.0 mL is 3.10x the sphere of the drawn 26 mm line")
 FOV = ("fov-border", "the mask touches the first slice of the series")
 
@@ -78,19 +76,8 @@ def _review(engine, gsps: str, scores: list[str]) -> None:
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
     """A PostgreSQL database for this module, dropped afterwards."""
-    name = f"sam2ct_review_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:  # noqa: BLE001 - no server: the PostgreSQL half skips, named
-        pytest.skip(f"PostgreSQL at {PG_ADMIN} not reachable: {type(e).__name__}")
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_pg_database("sam2ct_review") as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

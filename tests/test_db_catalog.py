@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import random
-import secrets
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -15,6 +13,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from conftest import fresh_pg_database
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import OperationalError
 
@@ -59,22 +58,12 @@ from db.summary import month_expression, month_key, rebuild
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
-PG_ADMIN = os.environ.get("SAM2CT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    name = f"sam2ct_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_pg_database("sam2ct_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -330,17 +319,8 @@ def _open_new_catalog(url: str, barrier) -> None:
 @pytest.fixture()
 def new_pg_url() -> Iterator[str]:
     """A PostgreSQL database that has never been migrated, dropped afterwards."""
-    name = f"sam2ct_new_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as e:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_pg_database("sam2ct_new") as url:
+        yield url
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import fresh_pg_database
 
 from db import CatalogFilter, Recorder, open_catalog
 from db.export import ExportError, ExportFormat, export_dataset
@@ -131,19 +131,9 @@ def synth_catalog(synth_data: dict) -> dict:
 @pytest.fixture(scope="module")
 def pg_catalog(synth_data: dict) -> Iterator[str]:
     """The same series in a fresh PostgreSQL catalog (dropped afterwards); yields its URL."""
-    import psycopg
-
-    name = f"export_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    record_all(url, synth_data["series"])
-    yield url
-    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
+    with fresh_pg_database("export") as url:
+        record_all(url, synth_data["series"])
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
