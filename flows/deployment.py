@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from prefect.deployments.steps import set_working_directory
+from pydantic import ValidationError
 
 from flows.settings import Settings
 
@@ -31,8 +32,18 @@ def schedule_timezone() -> dict[str, str]:
     dict
         ``SAM2CT_TIMEZONE`` (checked by :class:`~flows.settings.Settings`), else
         :data:`DEFAULT_TIMEZONE`, announced once per process with a warning.
+
+    Raises
+    ------
+    SystemExit
+        A setting is invalid: one line naming it, and ``prefect deploy`` stops.
     """
-    zone = Settings().timezone
+    try:
+        zone = Settings().timezone
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = "SAM2CT_" + "_".join(map(str, error["loc"])).upper()
+        raise SystemExit(f"{name}: {error['msg'].removeprefix('Value error, ')}") from None
     if zone is None:
         _warn_default_timezone()
         zone = DEFAULT_TIMEZONE

@@ -6,6 +6,7 @@ the images' Python checked against the project's.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -80,8 +81,6 @@ def test_both_images_run_the_projects_python():
 # --- the steps prefect.yaml runs ---------------------------------------------------------------
 
 def test_schedule_timezone_is_set_or_defaulted_loudly(monkeypatch, caplog):
-    from pydantic import ValidationError
-
     monkeypatch.delenv("SAM2CT_TIMEZONE", raising=False)
     deployment._warn_default_timezone.cache_clear()
     with caplog.at_level(logging.WARNING, logger="flows.deployment"):
@@ -90,7 +89,8 @@ def test_schedule_timezone_is_set_or_defaulted_loudly(monkeypatch, caplog):
     monkeypatch.setenv("SAM2CT_TIMEZONE", "Europe/Amsterdam")
     assert deployment.schedule_timezone() == {"timezone": "Europe/Amsterdam"}
     monkeypatch.setenv("SAM2CT_TIMEZONE", "Europe/Atlantis")
-    with pytest.raises(ValidationError, match="not an IANA timezone name"):
+    with pytest.raises(SystemExit, match="SAM2CT_TIMEZONE: Invalid 'timezone' value "
+                                         "'Europe/Atlantis' - not an IANA timezone name"):
         deployment.schedule_timezone()
 
 
@@ -327,3 +327,22 @@ def test_every_deployment_runs_on_a_process_worker_from_a_plain_checkout(harness
     assert len(list((data / "seg").rglob("*.dcm"))) >= 1  # the segment run wrote its SEGs
     dataset, = (tmp_path / "export").rglob("dataset.json")  # nnU-Net's, wherever the layout has it
     assert json.loads(dataset.read_text())["numTraining"] == 1  # the segmented series exported
+
+
+@pytest.mark.slow
+def test_deploy_with_an_unknown_timezone_stops_with_one_line(harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name="cpu", type="process"))
+    out = subprocess.run([PREFECT, "--no-prompt", "deploy", "--prefect-file",
+                          "deploy/prefect.yaml", "--name", "reconcile"], cwd=REPO,
+                         env=_plain_env(harness, timezone="Europe/Atlantis"),
+                         capture_output=True, text=True, timeout=600)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0 and "Traceback" not in said, said[-3000:]
+    assert said.strip().splitlines()[-1] == (
+        "SAM2CT_TIMEZONE: Invalid 'timezone' value 'Europe/Atlantis' - not an IANA timezone "
+        "name such as Europe/Amsterdam")
