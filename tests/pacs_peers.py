@@ -28,7 +28,8 @@ QRSCP_AET = "QRSCP"
 def machine_slowness() -> float:
     """How many times slower than idle this machine runs now: its 1-minute load average per
     core, at least 1. CI machines are not always idle: on 2 cores at load 8, 4."""
-    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1.0, os.getloadavg()[0] / (cores or 1))
 
 
 def scaled(seconds: float) -> float:
