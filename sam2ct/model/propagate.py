@@ -232,12 +232,16 @@ class Propagation:
 
     While it runs, ``logits`` holds each kept slice's low-resolution mask logits on the device;
     ``finish`` turns them into ``masks``, boolean numpy arrays on the volume's grid.
+    ``prompt_iou`` and ``prompt_presence`` are the decoder's own heads on the prompted slice: the
+    IoU it predicts for the mask it chose, and the sigmoid of its object score logit.
     """
 
     masks: dict[int, np.ndarray]
     visited: list[int]
     stopped_at: dict[int, int | None]  # direction -> first empty slice (None: reached the end)
     logits: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    prompt_iou: float | None = None
+    prompt_presence: float | None = None
 
     def finish(self, shape: tuple[int, int], config: SAM2CTConfig) -> Propagation:
         """Kept slices' logits -> native masks, in one batch and one transfer to the host."""
@@ -308,6 +312,7 @@ def propagate(model: SAM2Base, volume: np.ndarray, coords: np.ndarray, labels: n
     else:
         result.stopped_at[+1] = prompt_index
         active.remove(+1)
+    result.prompt_iou, result.prompt_presence = prompt_heads(first)
     banks = {d: MemoryBank(config) for d in (+1, -1)}
     for bank in banks.values():
         bank.set_prompt(prompt_index, first.memory)
@@ -329,6 +334,16 @@ def propagate(model: SAM2Base, volume: np.ndarray, coords: np.ndarray, labels: n
     if pending is not None:
         _resolve_step(pending, result, active)
     return result.finish(shape, config)
+
+
+def prompt_heads(step: StepOutput) -> tuple[float, float]:
+    """(predicted IoU of the chosen mask, sigmoid of the object score logit) of a step's first
+    row: the chosen mask is the one of highest predicted IoU when the decoder gave several, else
+    its single (or stability-replaced) one, so the highest IoU is the chosen mask's either way."""
+    iou = step.ious[0].float().max()
+    presence = torch.sigmoid(step.object_score_logits[0, 0].float())
+    chosen, present = torch.stack([iou, presence]).tolist()
+    return chosen, present
 
 
 def _launch_step(model: SAM2Base, encoder: ChunkedEncoder, banks: dict[int, MemoryBank],

@@ -49,10 +49,17 @@ class SAM2CTSegmenter:
     Load once per worker with ``from_checkpoint`` and reuse across series. Calls from several
     threads take turns: the CUDA graphs kept with the model have one set of buffers.
 
+    Its own score of a mask (``segment_scored``) is the IoU that SAM2's decoder predicts for the
+    mask it chose on the prompted slice, times the sigmoid of its object score logit there (the
+    probability it gives that the object is present): both heads of the published network,
+    trained with the IoU and object-score losses. In [0, 1]; it looks at the prompted slice
+    only, not at how the mask propagated through the others.
+
     Example
     -------
     >>> seg = SAM2CTSegmenter.from_checkpoint(Path("sam2ct.pt"), device="cuda")  # doctest: +SKIP
     >>> [mask] = seg.segment(volume_hu, (3.0, 0.98, 0.98), [prompt])  # doctest: +SKIP
+    >>> [(mask, score)] = seg.segment_scored(volume_hu, (3.0, 0.98, 0.98), [prompt])  # doctest: +SKIP
     """
 
     name = "sam2ct"
@@ -89,6 +96,11 @@ class SAM2CTSegmenter:
     def segment(self, volume: np.ndarray, spacing: tuple[float, float, float],
                 prompts: Sequence[Prompt]) -> list[np.ndarray]:
         """One boolean mask of ``volume``'s shape per prompt (``volume`` in HU, (z, rows, cols))."""
+        return [mask for mask, _ in self.segment_scored(volume, spacing, prompts)]
+
+    def segment_scored(self, volume: np.ndarray, spacing: tuple[float, float, float],
+                       prompts: Sequence[Prompt]) -> list[tuple[np.ndarray, float]]:
+        """``segment``'s masks, each with the model's own score (see the class docstring)."""
         volume = np.asarray(volume, dtype=np.float32)
         if volume.ndim != 3:
             raise ValueError(f"Invalid 'volume' shape {volume.shape} - expected (slices, rows, cols)")
@@ -96,7 +108,7 @@ class SAM2CTSegmenter:
             self.last_propagations = []
             return [self._segment_one(volume, prompt) for prompt in prompts]
 
-    def _segment_one(self, volume: np.ndarray, prompt: Prompt) -> np.ndarray:
+    def _segment_one(self, volume: np.ndarray, prompt: Prompt) -> tuple[np.ndarray, float]:
         if not 0 <= prompt.slice_index < volume.shape[0]:
             raise ValueError(f"Invalid prompt '{prompt.identifier}' - slice {prompt.slice_index} "
                              f"outside the volume's {volume.shape[0]} slices")
@@ -108,6 +120,7 @@ class SAM2CTSegmenter:
         mask = np.zeros(volume.shape, dtype=bool)
         for index, plane in result.masks.items():
             mask[index] = plane
-        logger.debug("prompt %s: %d slices visited, %d with lesion", prompt.identifier,
-                     len(result.visited), len(result.masks))
-        return mask
+        score = min(max(result.prompt_iou, 0.0), 1.0) * result.prompt_presence
+        logger.debug("prompt %s: %d slices visited, %d with lesion, score %.3f",
+                     prompt.identifier, len(result.visited), len(result.masks), score)
+        return mask, score
