@@ -61,6 +61,7 @@ from sam2ct.geometry import MaskMeasures, measure_mask
 from sam2ct.prompts import Prompt, PromptKind
 from sam2ct.quality import QualityFlag, quality_flags
 from sam2ct.registry import Choice
+from sam2ct.segmenter import segment_with_scores
 
 log = logging.getLogger(__name__)
 
@@ -283,19 +284,19 @@ def _segment_gsps(run: SeriesRun, gsps: ParsedGsps, choice: Choice,
         return results
     started = time.time()
     try:
-        masks = choice.segmenter.segment(run.volume.array, run.volume.spacing,
-                                         [t.prompt for t in todo])
+        scored = segment_with_scores(choice.segmenter, run.volume.array, run.volume.spacing,
+                                     [t.prompt for t in todo])
     except Exception as exc:  # noqa: BLE001 - a model error is these annotations' failure
         return results + _failed(run, todo, gsps, f"segment: {described(exc)}")
     finally:
         run.model_spans.append((started, time.time()))
     seconds = round((run.model_spans[-1][1] - started) / len(todo), 3)
     kept = []
-    for item, mask in zip(todo, masks, strict=True):
+    for item, (mask, score) in zip(todo, scored, strict=True):
         if mask.any():
             measures = measure_mask(mask, run.volume.spacing, run.volume.array)
             flags = quality_flags(mask, run.volume.spacing, item.prompt, measures,
-                                  run.volume.array)
+                                  run.volume.array, model_score=score)
             kept.append(_Prompted(item.located, item.prompt, mask, measures, tuple(flags)))
         else:
             results += _failed(run, [item], gsps, EMPTY_MASK, seconds)

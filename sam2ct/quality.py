@@ -99,7 +99,7 @@ class QualityThresholds:
     min_solidity: float = 0.6  # area / convex hull area of the mask on the drawn slice
     max_rim_similarity: float = 0.4  # share of the outer rim within the mask's HU band
     z_ratio: tuple[float, float] = (0.5, 2.0)  # slice extent (mm) / largest in-plane diameter
-    min_model_score: float = 0.5
+    min_model_score: float = 0.5  # the model's own score (SAM2CT: not calibrated, no real weights)
 
 
 DEFAULT_THRESHOLDS = QualityThresholds()
@@ -161,8 +161,9 @@ class QualityEvidence:
             return [QualityFlag(FlagCode.EMPTY, "the mask is empty")]
         found = [*self._prompt_flags(t), *self._shape_flags(t)]
         if self.model_score is not None and self.model_score < t.min_model_score:
-            found.append(QualityFlag(FlagCode.MODEL_SCORE, f"model score {self.model_score:.2f}"
-                                     f" below {t.min_model_score:.2f}"))
+            found.append(QualityFlag(FlagCode.MODEL_SCORE, (
+                f"the model's own score of the mask is {self.model_score:.2f} "
+                f"(at least {t.min_model_score:.2f} expected)")))
         return found
 
     def _prompt_flags(self, t: QualityThresholds) -> list[QualityFlag]:
