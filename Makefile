@@ -11,14 +11,15 @@ DEMO_DIR ?= demo-out
 setup: system-packages $(STAMP)
 
 # Debian packages for the real peers used in tests (Orthanc, DCMTK, dicom3tools, chromium: the review
-# page's browser) and docker-compose (validates deploy/docker-compose.yml; no Docker engine needed).
-# Only as root.
+# page's browser; zsh: checks the zsh completion script) and docker-compose (validates
+# deploy/docker-compose.yml; no Docker engine needed). Only as root.
 system-packages:
 	@if ! command -v Orthanc >/dev/null || ! command -v dcmqrscp >/dev/null || ! command -v dciodvfy >/dev/null \
-	     || ! command -v docker-compose >/dev/null || ! command -v chromium >/dev/null; then \
+	     || ! command -v docker-compose >/dev/null || ! command -v chromium >/dev/null \
+	     || ! command -v zsh >/dev/null; then \
 	  if [ "$$(id -u)" = "0" ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc dcmtk dicom3tools docker-compose chromium; \
-	  else echo "note: not root; install orthanc dcmtk dicom3tools docker-compose chromium with apt-get for the full test suite" >&2; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc dcmtk dicom3tools docker-compose chromium zsh; \
+	  else echo "note: not root; install orthanc dcmtk dicom3tools docker-compose chromium zsh with apt-get for the full test suite" >&2; fi; \
 	fi
 
 $(STAMP): pyproject.toml
