@@ -1,5 +1,5 @@
-"""What a harvest run shows: a summary table, a Markdown page, a progress bar, and (for the demo)
-an HTML report. Both pages group the run's segmentations by study and lesion, with a legend, each
+"""What a harvest run shows: a summary table, a Markdown page, a progress bar, and an HTML
+report (in the output folder's ``reports/``; the demo's over its whole catalog). Both pages group the run's segmentations by study and lesion, with a legend, each
 one's prompt kind and encoding, measures, quality flags, latest score, and links to its SEG file
 and its review page; they are rendered from Jinja2 templates (``flows/templates``). Only counts,
 UIDs of objects and images: never a patient's name, ID or birth date.
@@ -157,21 +157,40 @@ def markdown_page(summary: RunSummary, cases: Sequence[Case] = (),
                   left_out=len(cases) - len(shown))
 
 
+def run_cases(summary: RunSummary, engine: Engine | None) -> Sequence[Case]:
+    """The run's segmentations (those of its SEG files) for its pages; a catalog that cannot be
+    read costs the pages their list, never the run."""
+    if engine is None:
+        return ()
+    try:
+        return report_cases(engine, summary.seg_paths)
+    except Exception as exc:  # noqa: BLE001 - the report is the run's last word, not its end
+        logging.getLogger(__name__).warning("run report without its segmentations: %s",
+                                            printable(exc, 300))
+        return ()
+
+
+def review_command(catalog_url: str) -> str:
+    """The command that opens the review page over this catalog (a password in the URL is
+    masked)."""
+    import shlex
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown = make_url(catalog_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: a catalog file path
+        shown = catalog_url
+    return f"sam2ct review --catalog {shlex.quote(shown)}"
+
+
 def publish_summary(summary: RunSummary, key: str = "harvest-summary",
-                    engine: Engine | None = None) -> None:
-    """Create the table and Markdown artifacts of the current flow run; with the catalog's
-    ``engine``, the Markdown lists this run's segmentations (its SEG files'). A catalog that
-    cannot be read then costs the page its list, never the run."""
-    cases: Sequence[Case] = ()
-    if engine is not None:
-        try:
-            cases = report_cases(engine, summary.seg_paths)
-        except Exception as exc:  # noqa: BLE001 - the report is the run's last word, not its end
-            logging.getLogger(__name__).warning("run report without its segmentations: %s",
-                                                printable(exc, 300))
+                    cases: Sequence[Case] = (), review: str | None = None) -> None:
+    """Create the table and Markdown artifacts of the current flow run; the Markdown lists
+    ``cases`` (the run's segmentations, :func:`run_cases`) and the ``review`` command."""
     create_table_artifact(summary.table(), key=key,
                           description=f"Harvest {summary.window_start}..{summary.window_end}")
-    create_markdown_artifact(markdown_page(summary, cases), key=f"{key}-report",
+    create_markdown_artifact(markdown_page(summary, cases, review), key=f"{key}-report",
                              description="Summary and segmentations by study and lesion")
 
 

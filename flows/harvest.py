@@ -44,8 +44,16 @@ from dicom_io.files import remove_stale_temps
 from dicom_io.gsps import GspsTarget, read_target
 from dicom_io.pacs import Discovery, IncompleteDiscoveryError, InstanceMatch
 from dicom_io.printable import escape_logs, printable
-from flows.artifacts import Progress, RunSummary, publish_summary
+from flows.artifacts import (
+    Progress,
+    RunSummary,
+    publish_summary,
+    review_command,
+    run_cases,
+    write_html_report,
+)
 from flows.options import HarvestOptions, resolve_window, window_bounds
+from flows.review.cases import Case
 from flows.segment_flow import segment_one
 from flows.segment_jobs import (
     SegmentWorkers,
@@ -132,8 +140,23 @@ class _Run:
         self.recorder.record_run(replace(
             self.record, status=status, found=s.found, retrieved=s.retrieved_series,
             segmented=s.segmented, failed=s.failed, finished_at=dt.datetime.now(dt.UTC)))
-        publish_summary(s, engine=self.engine)
+        cases, review = run_cases(s, self.engine), review_command(self.opts.catalog)
+        publish_summary(s, cases=cases, review=review)
+        self._write_report(cases, review)
         self.progress.set(100.0, f"{status.value}: {s.segmented} segmented, {s.failed} failed")
+
+    def _write_report(self, cases: Sequence[Case], review: str) -> None:
+        """The run's HTML report, ``reports/harvest-START-END.html`` in the output folder (the
+        window's latest run); a report that cannot be written is a warning, not a failure."""
+        s = self.summary
+        path = self.opts.output_dir / "reports" / f"harvest-{s.window_start}-{s.window_end}.html"
+        try:
+            write_html_report(path, s, f"SAM2CT harvest {s.window_start} .. {s.window_end}",
+                              cases, review)
+        except OSError as exc:
+            logger.warning("run report not written: %s", printable(exc, 300))
+        else:
+            logger.info("run report: %s", path)
 
 
 @flow(name="nightly-harvest", task_runner=ThreadPoolTaskRunner(max_workers=4))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -163,6 +164,12 @@ def test_nightly_harvest_end_to_end_with_limit_and_rerun(harness, orthanc, studi
         assert dciodvfy_errors(seg) == [], seg.name
     print(f"dciodvfy {len(segs)} SEGs {time.perf_counter() - t0:.1f} s")
     assert summary["previews"] and all(Path(p).is_file() for p in summary["previews"])
+    # the run's HTML report in the output folder links every SEG of the run, and how to review
+    report = tmp_path / "seg" / "reports" / f"harvest-{WINDOW[0]}-{WINDOW[1]}.html"
+    page = report.read_text()
+    linked = {(report.parent / h).resolve() for h in re.findall(r'class="seg" href="([^"]+)"', page)}
+    assert linked == {Path(p).resolve() for p in summary["seg_paths"]}
+    assert "sam2ct review --catalog" in page
 
     # what a remote (GPU pool) batch reports back: read from the catalog, the same counts
     jobs = [SeriesJob(study_instance_uid=st["study_instance_uid"],

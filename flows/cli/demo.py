@@ -146,10 +146,9 @@ def _report(workdir: Path, engine, summary: dict) -> Path:
 
 def _review_command(workdir: Path) -> str:
     """The command that opens the review page over the demo's catalog."""
-    import shlex
+    from flows.artifacts import review_command
 
-    url = f"sqlite:///{workdir / 'catalog.sqlite'}"
-    return f"sam2ct review --catalog {shlex.quote(url)}"
+    return review_command(f"sqlite:///{workdir / 'catalog.sqlite'}")
 
 
 def _print(workdir: Path, pacs, summary: dict, engine, report: Path) -> None:
