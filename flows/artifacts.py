@@ -62,6 +62,7 @@ class RunSummary:
     seg_paths: list[str] = field(default_factory=list)
     previews: list[str] = field(default_factory=list)
     warning: str | None = None
+    report: str | None = None  # the run's HTML report, once written
     #: (start, end) of every model call (several at once with several segment workers)
     model_spans: list[tuple[float, float]] = field(default_factory=list)
 

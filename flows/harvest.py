@@ -156,7 +156,8 @@ class _Run:
         except OSError as exc:
             logger.warning("run report not written: %s", printable(exc, 300))
         else:
-            logger.info("run report: %s", path)
+            s.report = str(path)
+            logger.debug("run report: %s", path)
 
 
 @flow(name="nightly-harvest", task_runner=ThreadPoolTaskRunner(max_workers=4))

@@ -166,6 +166,7 @@ def test_nightly_harvest_end_to_end_with_limit_and_rerun(harness, orthanc, studi
     assert summary["previews"] and all(Path(p).is_file() for p in summary["previews"])
     # the run's HTML report in the output folder links every SEG of the run, and how to review
     report = tmp_path / "seg" / "reports" / f"harvest-{WINDOW[0]}-{WINDOW[1]}.html"
+    assert summary["report"] == str(report)
     page = report.read_text()
     linked = {(report.parent / h).resolve() for h in re.findall(r'class="seg" href="([^"]+)"', page)}
     assert linked == {Path(p).resolve() for p in summary["seg_paths"]}
